@@ -1,0 +1,3 @@
+module github.com/sooserve/sooserve
+
+go 1.26
