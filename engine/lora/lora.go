@@ -1,0 +1,63 @@
+// Package lora holds LoRA adapter weights in the form executors apply them:
+// per layer and module, y = W x + Scale · B (A x).
+package lora
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/sooserve/sooserve/engine/model"
+)
+
+// Pair is one module's low-rank update: A is [R, In], B is [Out, R], row-major.
+type Pair struct {
+	R, In, Out int
+	A, B       []float32
+	Scale      float32
+}
+
+// Adapter is a LoRA adapter bound to a model configuration.
+type Adapter struct {
+	Name    string
+	Rank    int
+	Alpha   float64
+	RSLoRA  bool
+	Modules []model.Module // the modules it targets
+	Layers  [][model.NumModules]*Pair
+}
+
+// Scale returns the LoRA scaling: alpha/r, or alpha/sqrt(r) with rsLoRA.
+func Scale(alpha float64, r int, rslora bool) float32 {
+	if rslora {
+		return float32(alpha / math.Sqrt(float64(r)))
+	}
+	return float32(alpha / float64(r))
+}
+
+// Get returns the update for (layer, module), or nil when the adapter leaves it alone.
+func (a *Adapter) Get(layer int, m model.Module) *Pair {
+	if a == nil || layer >= len(a.Layers) {
+		return nil
+	}
+	return a.Layers[layer][m]
+}
+
+// Validate checks every pair against cfg's shapes.
+func (a *Adapter) Validate(cfg *model.Config) error {
+	if len(a.Layers) != cfg.Layers {
+		return fmt.Errorf("lora: adapter %q has %d layers, model has %d", a.Name, len(a.Layers), cfg.Layers)
+	}
+	for l, mods := range a.Layers {
+		for m, p := range mods {
+			if p == nil {
+				continue
+			}
+			out, in := cfg.Shape(model.Module(m))
+			if p.In != in || p.Out != out || p.R <= 0 || len(p.A) != p.R*p.In || len(p.B) != p.Out*p.R {
+				return fmt.Errorf("lora: adapter %q layer %d %s: A [%d,%d] B [%d,%d], want A [r,%d] B [%d,r]",
+					a.Name, l, model.Module(m), p.R, p.In, p.Out, p.R, in, out)
+			}
+		}
+	}
+	return nil
+}
