@@ -1,0 +1,529 @@
+// Package cpu is the native executor: the model of engine/model run with
+// hand-written kernels on the CPU, with a KV cache per sequence, batched
+// forward steps in which every row has its own position, LoRA adapter and
+// activation capture, and (for SOO training) a backward pass for LoRA
+// parameters.
+package cpu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+
+	"github.com/sooserve/sooserve/engine"
+	"github.com/sooserve/sooserve/engine/lora"
+	"github.com/sooserve/sooserve/engine/model"
+)
+
+// Options configures an Executor.
+type Options struct {
+	// Threads is the number of goroutines a step's kernels use; 0 means GOMAXPROCS.
+	Threads int
+	// MaxContext caps a sequence's length; 0 means the model's max_position_embeddings.
+	MaxContext int
+}
+
+// Executor runs a model on the CPU. It is safe for concurrent use by several
+// goroutines as long as each sequence is in one Forward call at a time.
+type Executor struct {
+	m       *model.Model
+	cfg     *model.Config
+	threads int
+	maxCtx  int
+	invFreq []float64
+}
+
+// New returns an executor for m.
+func New(m *model.Model, opts Options) *Executor {
+	t := opts.Threads
+	if t <= 0 {
+		t = runtime.GOMAXPROCS(0)
+	}
+	mc := opts.MaxContext
+	if mc <= 0 || mc > m.Config.MaxPositions {
+		mc = m.Config.MaxPositions
+	}
+	return &Executor{m: m, cfg: m.Config, threads: t, maxCtx: mc, invFreq: m.Config.RopeInvFreq()}
+}
+
+// Config returns the model's configuration.
+func (e *Executor) Config() *model.Config { return e.cfg }
+
+// Model returns the model the executor runs.
+func (e *Executor) Model() *model.Model { return e.m }
+
+// MaxContext returns the longest sequence the executor accepts.
+func (e *Executor) MaxContext() int { return e.maxCtx }
+
+// Sequence is a KV cache for one sequence.
+type Sequence struct {
+	ex       *Executor
+	k, v     [][]float32 // per layer, [n, kvDim]
+	n        int
+	partial  bool // a capture-only step skipped upper layers: the cache cannot be extended
+	released bool
+}
+
+// NewSequence returns an empty sequence.
+func (e *Executor) NewSequence() engine.Sequence {
+	return &Sequence{ex: e, k: make([][]float32, e.cfg.Layers), v: make([][]float32, e.cfg.Layers)}
+}
+
+// Len returns the number of cached tokens.
+func (s *Sequence) Len() int { return s.n }
+
+// Release frees the cache.
+func (s *Sequence) Release() {
+	s.k, s.v, s.n, s.released = nil, nil, 0, true
+}
+
+// Truncate drops cached tokens from position n on, so a sequence can be
+// reused for a prompt that shares its first n tokens.
+func (s *Sequence) Truncate(n int) {
+	if n >= s.n || s.partial {
+		return
+	}
+	kv := s.ex.cfg.KVDim()
+	for l := range s.k {
+		s.k[l] = s.k[l][:n*kv]
+		s.v[l] = s.v[l][:n*kv]
+	}
+	s.n = n
+}
+
+// step is the working state of one Forward call.
+type step struct {
+	e       *Executor
+	rows    []engine.Row
+	seqs    []*Sequence
+	off     []int // first token of row i in the flattened batch
+	n       int   // total tokens
+	cos     []float32
+	sin     []float32
+	outs    []engine.Output
+	lastLay int
+}
+
+// ErrPartialSequence is returned when a sequence whose last step skipped layers is extended.
+var ErrPartialSequence = errors.New("cpu: sequence was used for a capture-only step and cannot be extended")
+
+func (e *Executor) prepare(rows []engine.Row) (*step, error) {
+	cfg := e.cfg
+	st := &step{e: e, rows: rows, seqs: make([]*Sequence, len(rows)), off: make([]int, len(rows)), outs: make([]engine.Output, len(rows))}
+	allNone := true
+	maxCap := -1
+	seen := map[*Sequence]bool{}
+	for i, r := range rows {
+		s, ok := r.Seq.(*Sequence)
+		if !ok || s.ex != e {
+			return nil, fmt.Errorf("cpu: row %d: sequence does not belong to this executor", i)
+		}
+		if s.released {
+			return nil, fmt.Errorf("cpu: row %d: sequence was released", i)
+		}
+		if s.partial {
+			return nil, fmt.Errorf("row %d: %w", i, ErrPartialSequence)
+		}
+		if seen[s] {
+			return nil, fmt.Errorf("cpu: row %d: sequence appears twice in one step", i)
+		}
+		seen[s] = true
+		if len(r.Tokens) == 0 {
+			return nil, fmt.Errorf("cpu: row %d: no tokens", i)
+		}
+		if s.n+len(r.Tokens) > e.maxCtx {
+			return nil, fmt.Errorf("cpu: row %d: %d cached + %d new tokens exceed the context of %d", i, s.n, len(r.Tokens), e.maxCtx)
+		}
+		for _, t := range r.Tokens {
+			if t < 0 || int(t) >= cfg.VocabSize {
+				return nil, fmt.Errorf("cpu: row %d: token %d outside the vocabulary of %d", i, t, cfg.VocabSize)
+			}
+		}
+		if r.Adapter != nil && len(r.Adapter.Layers) != cfg.Layers {
+			return nil, fmt.Errorf("cpu: row %d: adapter %q has %d layers, model has %d", i, r.Adapter.Name, len(r.Adapter.Layers), cfg.Layers)
+		}
+		if c := r.Capture; c != nil {
+			from, to := captureRange(c, len(r.Tokens))
+			if from < 0 || from >= to || to > len(r.Tokens) {
+				return nil, fmt.Errorf("cpu: row %d: capture range [%d,%d) outside the row's %d tokens", i, c.From, c.To, len(r.Tokens))
+			}
+			acts := make(map[engine.Point]engine.Tensor2D, len(c.Points))
+			for _, p := range c.Points {
+				if p.Layer < 0 || p.Layer >= cfg.Layers || p.Site >= engine.NumSites {
+					return nil, fmt.Errorf("cpu: row %d: capture point layer %d site %v out of range (model has %d layers)", i, p.Layer, p.Site, cfg.Layers)
+				}
+				acts[p] = engine.Tensor2D{Rows: to - from, Cols: cfg.Hidden, Data: make([]float32, (to-from)*cfg.Hidden)}
+				maxCap = max(maxCap, p.Layer)
+			}
+			st.outs[i].Acts = acts
+		}
+		if r.Logits != engine.LogitsNone {
+			allNone = false
+		}
+		st.seqs[i] = s
+		st.off[i] = st.n
+		st.n += len(r.Tokens)
+	}
+	st.lastLay = cfg.Layers - 1
+	if allNone && maxCap >= 0 {
+		st.lastLay = maxCap
+	}
+	return st, nil
+}
+
+func captureRange(c *engine.Capture, n int) (int, int) {
+	to := c.To
+	if to <= 0 {
+		to = n
+	}
+	return c.From, to
+}
+
+// Forward runs one step: each row's tokens are appended to its sequence and
+// run through the model with the row's adapter; logits and captured
+// activations come back per row.
+func (e *Executor) Forward(ctx context.Context, rows []engine.Row) ([]engine.Output, error) {
+	st, err := e.prepare(rows)
+	if err != nil {
+		return nil, err
+	}
+	cfg := e.cfg
+	d := cfg.Hidden
+	N := st.n
+	x := make([]float32, N*d)
+	for i, r := range rows {
+		for j, t := range r.Tokens {
+			row := x[(st.off[i]+j)*d : (st.off[i]+j+1)*d]
+			e.m.Embed.RowF32(int(t), row)
+			if cfg.EmbedScale != 1 {
+				for k := range row {
+					row[k] *= cfg.EmbedScale
+				}
+			}
+		}
+	}
+	st.ropeTables()
+	buf := newBuffers(cfg, N)
+	for l := 0; l <= st.lastLay; l++ {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("cpu: forward: %w", err)
+		}
+		st.layer(l, x, buf)
+	}
+	for i, s := range st.seqs {
+		s.n += len(rows[i].Tokens)
+		if st.lastLay < cfg.Layers-1 {
+			s.partial = true
+		}
+	}
+	st.logits(x)
+	return st.outs, nil
+}
+
+// buffers are a step's scratch activations.
+type buffers struct {
+	xn, q, k, v, att, o, g, u, dn []float32
+}
+
+func newBuffers(cfg *model.Config, n int) *buffers {
+	return &buffers{
+		xn: make([]float32, n*cfg.Hidden), q: make([]float32, n*cfg.QDim()),
+		k: make([]float32, n*cfg.KVDim()), v: make([]float32, n*cfg.KVDim()),
+		att: make([]float32, n*cfg.QDim()), o: make([]float32, n*cfg.Hidden),
+		g: make([]float32, n*cfg.Intermediate), u: make([]float32, n*cfg.Intermediate),
+		dn: make([]float32, n*cfg.Hidden),
+	}
+}
+
+func (st *step) ropeTables() {
+	half := st.e.cfg.HeadDim / 2
+	st.cos = make([]float32, st.n*half)
+	st.sin = make([]float32, st.n*half)
+	for i, r := range st.rows {
+		p0 := st.seqs[i].n
+		for j := range r.Tokens {
+			t := st.off[i] + j
+			pos := float32(p0 + j)
+			for f := 0; f < half; f++ {
+				ang := float64(pos * float32(st.e.invFreq[f]))
+				st.cos[t*half+f] = float32(math.Cos(ang))
+				st.sin[t*half+f] = float32(math.Sin(ang))
+			}
+		}
+	}
+}
+
+func (st *step) layer(l int, x []float32, b *buffers) {
+	e, cfg := st.e, st.e.cfg
+	L := &e.m.Layers[l]
+	d, N := cfg.Hidden, st.n
+	st.norm(b.xn, x, L.AttnNorm)
+	st.proj(l, model.Q, b.xn, b.q)
+	st.proj(l, model.K, b.xn, b.k)
+	st.proj(l, model.V, b.xn, b.v)
+	st.applyRope(b.q, b.k)
+	kv := cfg.KVDim()
+	for i, r := range st.rows {
+		s := st.seqs[i]
+		lo, hi := st.off[i]*kv, (st.off[i]+len(r.Tokens))*kv
+		s.k[l] = append(s.k[l][:s.n*kv], b.k[lo:hi]...)
+		s.v[l] = append(s.v[l][:s.n*kv], b.v[lo:hi]...)
+	}
+	st.attention(l, b.q, b.att)
+	st.proj(l, model.O, b.att, b.o)
+	st.capture(l, engine.AttnOut, b.o)
+	if L.AttnPostNorm != nil {
+		st.norm(b.o, b.o, L.AttnPostNorm)
+	}
+	for i := range x[:N*d] {
+		x[i] += b.o[i]
+	}
+	st.norm(b.xn, x, L.MLPNorm)
+	st.proj(l, model.Gate, b.xn, b.g)
+	st.proj(l, model.Up, b.xn, b.u)
+	act := silu
+	if cfg.Act == model.GELUTanh {
+		act = geluTanh
+	}
+	for i, g := range b.g {
+		b.g[i] = act(g) * b.u[i]
+	}
+	st.proj(l, model.Down, b.g, b.dn)
+	st.capture(l, engine.MLPOut, b.dn)
+	if L.MLPPostNorm != nil {
+		st.norm(b.dn, b.dn, L.MLPPostNorm)
+	}
+	for i := range x[:N*d] {
+		x[i] += b.dn[i]
+	}
+	st.capture(l, engine.ResidPost, x)
+}
+
+func (st *step) norm(dst, x, w []float32) {
+	d := len(w)
+	eps := st.e.cfg.NormEps
+	for t := 0; t < st.n; t++ {
+		rmsNorm(dst[t*d:(t+1)*d], x[t*d:(t+1)*d], w, eps)
+	}
+}
+
+// proj computes out = x·Wᵀ + b for module mod of layer l over all tokens, then
+// adds each row's LoRA update.
+func (st *step) proj(l int, mod model.Module, x, out []float32) {
+	lin := &st.e.m.Layers[l].Proj[mod]
+	st.e.matmul(&lin.W, lin.Bias, x, st.n, out)
+	for i, r := range st.rows {
+		p := r.Adapter.Get(l, mod)
+		if p == nil {
+			continue
+		}
+		t0, nt := st.off[i], len(r.Tokens)
+		applyLoRA(p, x[t0*p.In:(t0+nt)*p.In], nt, out[t0*p.Out:(t0+nt)*p.Out])
+	}
+}
+
+// applyLoRA adds Scale·B(A x) to out for n input rows.
+func applyLoRA(p *lora.Pair, x []float32, n int, out []float32) {
+	tmp := make([]float32, p.R)
+	for t := 0; t < n; t++ {
+		xt := x[t*p.In : (t+1)*p.In]
+		for j := 0; j < p.R; j++ {
+			tmp[j] = dot(p.A[j*p.In:(j+1)*p.In], xt) * p.Scale
+		}
+		ot := out[t*p.Out : (t+1)*p.Out]
+		for o := range ot {
+			ot[o] += dot(p.B[o*p.R:(o+1)*p.R], tmp)
+		}
+	}
+}
+
+// matmul computes out[n, W.Rows] = x[n, W.Cols]·Wᵀ (+ bias), splitting the
+// weight rows across the executor's threads.
+func (e *Executor) matmul(w *model.Matrix, bias, x []float32, n int, out []float32) {
+	rows := w.Rows
+	workers := e.threads
+	if rows*w.Cols*n < 1<<15 {
+		workers = 1
+	}
+	if workers == 1 {
+		matmulRows(w, bias, x, n, out, rows, 0, rows, make([]float32, w.Cols))
+		return
+	}
+	chunk := (rows + workers - 1) / workers
+	var wg sync.WaitGroup
+	for r0 := 0; r0 < rows; r0 += chunk {
+		r1 := min(r0+chunk, rows)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			matmulRows(w, bias, x, n, out, rows, r0, r1, make([]float32, w.Cols))
+		}()
+	}
+	wg.Wait()
+}
+
+func (st *step) applyRope(q, k []float32) {
+	cfg := st.e.cfg
+	hd, half := cfg.HeadDim, cfg.HeadDim/2
+	for t := 0; t < st.n; t++ {
+		c, s := st.cos[t*half:(t+1)*half], st.sin[t*half:(t+1)*half]
+		for h := 0; h < cfg.Heads; h++ {
+			rope(q[(t*cfg.Heads+h)*hd:(t*cfg.Heads+h+1)*hd], c, s)
+		}
+		for h := 0; h < cfg.KVHeads; h++ {
+			rope(k[(t*cfg.KVHeads+h)*hd:(t*cfg.KVHeads+h+1)*hd], c, s)
+		}
+	}
+}
+
+// attention computes each new token's attention over its sequence's cache.
+func (st *step) attention(l int, q, out []float32) {
+	cfg := st.e.cfg
+	H, hd := cfg.Heads, cfg.HeadDim
+	group := cfg.Heads / cfg.KVHeads
+	kvd := cfg.KVDim()
+	window := cfg.Window(l)
+	// One task per (token, head).
+	tasks := st.n * H
+	run := func(t0, t1 int) {
+		scores := make([]float32, 0, 64)
+		for task := t0; task < t1; task++ {
+			tok, h := task/H, task%H
+			i := st.rowOf(tok)
+			s := st.seqs[i]
+			pos := s.n + (tok - st.off[i]) // absolute position of this token
+			lo := 0
+			if window > 0 {
+				lo = max(0, pos-window+1)
+			}
+			kh := h / group
+			qv := q[(tok*H+h)*hd : (tok*H+h+1)*hd]
+			scores = scores[:0]
+			maxS := float32(math.Inf(-1))
+			for j := lo; j <= pos; j++ {
+				sc := dot(qv, s.k[l][j*kvd+kh*hd:j*kvd+(kh+1)*hd]) * cfg.AttnScale
+				if cfg.AttnSoftcap > 0 {
+					sc = softcap(sc, cfg.AttnSoftcap)
+				}
+				scores = append(scores, sc)
+				maxS = max(maxS, sc)
+			}
+			var sum float32
+			for j, sc := range scores {
+				p := float32(math.Exp(float64(sc - maxS)))
+				scores[j] = p
+				sum += p
+			}
+			o := out[(tok*H+h)*hd : (tok*H+h+1)*hd]
+			clear(o)
+			inv := 1 / sum
+			for j, p := range scores {
+				jj := lo + j
+				axpy(p*inv, s.v[l][jj*kvd+kh*hd:jj*kvd+(kh+1)*hd], o)
+			}
+		}
+	}
+	parallel(st.e.threads, tasks, 16, run)
+}
+
+// rowOf returns the row index that flattened token tok belongs to.
+func (st *step) rowOf(tok int) int {
+	lo, hi := 0, len(st.off)-1
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if st.off[mid] <= tok {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}
+
+// parallel splits [0, n) into contiguous chunks over up to workers goroutines,
+// running inline when n is below minPer per worker.
+func parallel(workers, n, minPer int, fn func(lo, hi int)) {
+	if workers > n/minPer {
+		workers = max(1, n/minPer)
+	}
+	if workers <= 1 {
+		fn(0, n)
+		return
+	}
+	chunk := (n + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
+}
+
+func (st *step) capture(l int, site engine.Site, act []float32) {
+	d := st.e.cfg.Hidden
+	for i, r := range st.rows {
+		if r.Capture == nil {
+			continue
+		}
+		dst, ok := st.outs[i].Acts[engine.Point{Layer: l, Site: site}]
+		if !ok {
+			continue
+		}
+		from, to := captureRange(r.Capture, len(r.Tokens))
+		t0 := st.off[i]
+		copy(dst.Data, act[(t0+from)*d:(t0+to)*d])
+	}
+}
+
+// logits runs the final norm and LM head on the tokens whose logits were asked for.
+func (st *step) logits(x []float32) {
+	cfg := st.e.cfg
+	d := cfg.Hidden
+	var sel []int
+	for i, r := range st.rows {
+		switch r.Logits {
+		case engine.LogitsLast:
+			sel = append(sel, st.off[i]+len(r.Tokens)-1)
+		case engine.LogitsAll:
+			for j := range r.Tokens {
+				sel = append(sel, st.off[i]+j)
+			}
+		}
+	}
+	if len(sel) == 0 {
+		return
+	}
+	h := make([]float32, len(sel)*d)
+	for k, t := range sel {
+		rmsNorm(h[k*d:(k+1)*d], x[t*d:(t+1)*d], st.e.m.FinalNorm, cfg.NormEps)
+	}
+	V := cfg.VocabSize
+	logits := make([]float32, len(sel)*V)
+	st.e.matmul(st.e.m.LMHead, nil, h, len(sel), logits)
+	if cfg.FinalSoftcap > 0 {
+		for i, v := range logits {
+			logits[i] = softcap(v, cfg.FinalSoftcap)
+		}
+	}
+	k := 0
+	for i, r := range st.rows {
+		n := 0
+		switch r.Logits {
+		case engine.LogitsLast:
+			n = 1
+		case engine.LogitsAll:
+			n = len(r.Tokens)
+		}
+		if n > 0 {
+			st.outs[i].Logits = engine.Tensor2D{Rows: n, Cols: V, Data: logits[k*V : (k+n)*V : (k+n)*V]}
+			k += n
+		}
+	}
+}
