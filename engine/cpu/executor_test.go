@@ -1,0 +1,114 @@
+package cpu_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sooserve/sooserve/engine"
+	"github.com/sooserve/sooserve/engine/cpu"
+	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/internal/refcase"
+)
+
+func tinyLlama(t *testing.T, opts cpu.Options) *cpu.Executor {
+	t.Helper()
+	td, err := refcase.TestData()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(filepath.Join(td, "models/tiny-llama"), model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return cpu.New(m, opts)
+}
+
+func TestForwardRejectsBadRows(t *testing.T) {
+	ex := tinyLlama(t, cpu.Options{MaxContext: 16})
+	other := tinyLlama(t, cpu.Options{})
+	ctx := context.Background()
+	s := ex.NewSequence()
+	released := ex.NewSequence()
+	released.Release()
+	for _, tc := range []struct {
+		name string
+		rows []engine.Row
+		want string
+	}{
+		{"empty", []engine.Row{{Seq: s}}, "no tokens"},
+		{"vocab", []engine.Row{{Seq: s, Tokens: []int32{320}}}, "outside the vocabulary"},
+		{"negative", []engine.Row{{Seq: s, Tokens: []int32{-1}}}, "outside the vocabulary"},
+		{"context", []engine.Row{{Seq: s, Tokens: make([]int32, 17)}}, "exceed the context of 16"},
+		{"twice", []engine.Row{{Seq: s, Tokens: []int32{1}}, {Seq: s, Tokens: []int32{2}}}, "twice"},
+		{"foreign", []engine.Row{{Seq: other.NewSequence(), Tokens: []int32{1}}}, "does not belong"},
+		{"released", []engine.Row{{Seq: released, Tokens: []int32{1}}}, "released"},
+		{"layer", []engine.Row{{Seq: s, Tokens: []int32{1}, Capture: &engine.Capture{Points: []engine.Point{{Layer: 3}}}}}, "out of range"},
+		{"range", []engine.Row{{Seq: s, Tokens: []int32{1, 2}, Capture: &engine.Capture{Points: []engine.Point{{}}, From: 2}}}, "capture range"},
+	} {
+		_, err := ex.Forward(ctx, tc.rows)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	if s.Len() != 0 {
+		t.Errorf("rejected steps changed the sequence: len %d", s.Len())
+	}
+}
+
+func TestCaptureOnlyStepSkipsUpperLayers(t *testing.T) {
+	ex := tinyLlama(t, cpu.Options{})
+	ctx := context.Background()
+	pt := engine.Point{Layer: 0, Site: engine.MLPOut}
+	full, short := ex.NewSequence(), ex.NewSequence()
+	toks := []int32{4, 8, 15, 16, 23, 42}
+	a, err := ex.Forward(ctx, []engine.Row{{Seq: full, Tokens: toks, Capture: &engine.Capture{Points: []engine.Point{pt}, From: 2, To: 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ex.Forward(ctx, []engine.Row{{Seq: short, Tokens: toks, Logits: engine.LogitsNone, Capture: &engine.Capture{Points: []engine.Point{pt}, From: 2, To: 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b[0].Acts[pt]; got.Rows != 3 || !slices.Equal(got.Data, a[0].Acts[pt].Data) || b[0].Logits.Data != nil {
+		t.Errorf("capture-only step: rows %d, logits %v", got.Rows, b[0].Logits.Data != nil)
+	}
+	_, err = ex.Forward(ctx, []engine.Row{{Seq: short, Tokens: []int32{1}}})
+	if !errors.Is(err, cpu.ErrPartialSequence) {
+		t.Errorf("extending a partial sequence: %v", err)
+	}
+}
+
+func TestTruncateReusesPrefix(t *testing.T) {
+	ex := tinyLlama(t, cpu.Options{})
+	ctx := context.Background()
+	s := ex.NewSequence()
+	if _, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: []int32{1, 2, 3, 4, 5}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.(*cpu.Sequence).Truncate(3)
+	got, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: []int32{9, 9}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := ex.Forward(ctx, []engine.Row{{Seq: ex.NewSequence(), Tokens: []int32{1, 2, 3, 9, 9}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := refcase.MaxAbsDiff(got[0].Logits.Data, want[0].Logits.Data); d > 1e-5 {
+		t.Errorf("truncated prefix reuse differs by %g", d)
+	}
+}
+
+func TestForwardHonoursCancel(t *testing.T) {
+	ex := tinyLlama(t, cpu.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := ex.Forward(ctx, []engine.Row{{Seq: ex.NewSequence(), Tokens: []int32{1}}}); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled forward: %v", err)
+	}
+}
