@@ -136,7 +136,9 @@ func NewByteLevelBPE(vocab map[string]int32, merges []string, pattern Pattern, s
 		if int(s.ID) < len(t.pieces) && t.pieces[s.ID] != "" && t.pieces[s.ID] != s.Content {
 			return nil, fmt.Errorf("tokenizer: special token %q id %d already used by %q", s.Content, s.ID, t.pieces[s.ID])
 		}
-		t.addAdded(s.Content, s.ID, true)
+		if err := t.addAdded(s.Content, s.ID, true); err != nil {
+			return nil, fmt.Errorf("tokenizer: %w", err)
+		}
 		if s.BOS {
 			t.bos = s.ID
 			t.addBOS = true
@@ -171,8 +173,8 @@ func newByteLevel(vocab map[string]int32, merges []mergePair, strict bool) (*Tok
 		if id < 0 {
 			return nil, fmt.Errorf("token %q has negative id %d", s, id)
 		}
-		if id >= 1<<26 {
-			return nil, fmt.Errorf("token %q has id %d beyond the supported range", s, id)
+		if int(id) >= 2*len(vocab)+maxAddedGap {
+			return nil, fmt.Errorf("token %q has id %d, far beyond the vocabulary size %d", s, id, len(vocab))
 		}
 		if id > maxID {
 			maxID = id

@@ -1,9 +1,9 @@
 package tokenizer
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -62,7 +62,7 @@ func (c *charsMap) longest(s string) (repl string, n int, ok bool) {
 			if v >= len(c.blob) {
 				break
 			}
-			end := strings.IndexByte(string(c.blob[v:]), 0)
+			end := bytes.IndexByte(c.blob[v:], 0)
 			if end < 0 {
 				end = len(c.blob) - v
 			}

@@ -219,10 +219,9 @@ func parseHFJSON(data []byte) (*Tokenizer, error) {
 		}
 	}
 	for _, a := range f.AddedTokens {
-		if a.ID < 0 || a.ID >= 1<<26 || a.Content == "" {
-			return nil, fmt.Errorf("added token %q has bad id %d", a.Content, a.ID)
+		if err := t.addAdded(a.Content, a.ID, a.Special); err != nil {
+			return nil, err
 		}
-		t.addAdded(a.Content, a.ID, a.Special)
 	}
 	if !isNull(f.PostProcessor) {
 		t.readPostProcessor(f.PostProcessor)
@@ -250,6 +249,17 @@ func byteLevelNormalizer(raw json.RawMessage) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("unsupported normalizer %s", compactJSON(raw))
+}
+
+// stringPattern returns the String of a {"String": ...} pattern, or "".
+func stringPattern(raw json.RawMessage) string {
+	var p struct {
+		String string `json:"String"`
+	}
+	if json.Unmarshal(raw, &p) != nil {
+		return ""
+	}
+	return p.String
 }
 
 // configureHFSPM accepts the two tokenizer.json forms of Llama-2 style BPE:
@@ -291,7 +301,7 @@ func (t *Tokenizer) configureHFSPM(normRaw, preRaw json.RawMessage) error {
 		switch {
 		case s.Type == "Prepend" && s.Prepend == spaceSymbol:
 			t.addDummyPrefix = true
-		case s.Type == "Replace" && s.Content == spaceSymbol && string(bytes.TrimSpace(s.Pattern)) == `{"String":" "}`:
+		case s.Type == "Replace" && s.Content == spaceSymbol && stringPattern(s.Pattern) == " ":
 			sawReplace = true
 		default:
 			return fmt.Errorf("unsupported normalizer %s", compactJSON(normRaw))

@@ -146,10 +146,12 @@ func (t *Tokenizer) applyConfigs(dir string) error {
 	}
 	for k, a := range cfg.AddedTokensDecoder {
 		id, err := strconv.ParseInt(k, 10, 32)
-		if err != nil || id < 0 || id >= 1<<26 || a.Content == "" {
-			return fmt.Errorf("tokenizer: tokenizer_config.json: bad added_tokens_decoder entry %q", k)
+		if err != nil {
+			return fmt.Errorf("tokenizer: tokenizer_config.json: bad added_tokens_decoder key %q", k)
 		}
-		t.addAdded(a.Content, int32(id), a.Special)
+		if err := t.addAdded(a.Content, int32(id), a.Special); err != nil {
+			return fmt.Errorf("tokenizer: tokenizer_config.json: %w", err)
+		}
 	}
 	if cfg.BOSToken == nil {
 		cfg.BOSToken = stm.BOSToken
@@ -163,7 +165,9 @@ func (t *Tokenizer) applyConfigs(dir string) error {
 		}
 	}
 	if gen.BOSTokenID != nil && len(*gen.BOSTokenID) == 1 && t.bos < 0 {
-		t.bos = (*gen.BOSTokenID)[0]
+		if id := (*gen.BOSTokenID)[0]; id >= 0 && int(id) < len(t.pieces) {
+			t.bos = id
+		}
 	}
 	var eos []int32
 	if cfg.EOSToken != nil {

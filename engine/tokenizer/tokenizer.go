@@ -9,6 +9,7 @@
 package tokenizer
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 )
@@ -67,7 +68,7 @@ type Tokenizer struct {
 
 	// Added and special tokens.
 	added    []addedToken
-	addedIdx map[byte][]int // first byte -> indexes into added, longest first
+	addedIdx [256][]int // first byte -> indexes into added, longest first
 	bos      int32
 	eos      []int32
 	addBOS   bool
@@ -158,6 +159,10 @@ func (t *Tokenizer) Encode(text string, opts EncodeOptions) ([]int32, error) {
 	}
 	start := 0
 	for i := 0; i < len(text); {
+		if t.addedIdx[text[i]] == nil {
+			i++
+			continue
+		}
 		if a, ok := t.matchAdded(text[i:], opts.ParseSpecial); ok {
 			if start < i {
 				ids = t.encodeText(ids, text[start:i])
@@ -203,10 +208,14 @@ func (t *Tokenizer) encodeText(ids []int32, s string) []int32 {
 	}
 }
 
+// maxAddedGap bounds how far beyond the current id space an added token may
+// lie, so a corrupt file cannot make the tables huge.
+const maxAddedGap = 1 << 16
+
 // addAdded registers an added token and its id, growing the id space.
-func (t *Tokenizer) addAdded(content string, id int32, special bool) {
-	if content == "" || id < 0 {
-		return
+func (t *Tokenizer) addAdded(content string, id int32, special bool) error {
+	if content == "" || id < 0 || int(id) >= len(t.pieces)+maxAddedGap {
+		return fmt.Errorf("added token %q has bad id %d", content, id)
 	}
 	t.growTo(int(id) + 1)
 	if t.pieces[id] == "" {
@@ -219,10 +228,11 @@ func (t *Tokenizer) addAdded(content string, id int32, special bool) {
 	for i, a := range t.added {
 		if a.content == content {
 			t.added[i] = addedToken{content, id, special}
-			return
+			return nil
 		}
 	}
 	t.added = append(t.added, addedToken{content, id, special})
+	return nil
 }
 
 func (t *Tokenizer) growTo(n int) {
@@ -234,7 +244,7 @@ func (t *Tokenizer) growTo(n int) {
 
 // indexAdded rebuilds the first-byte index over added tokens.
 func (t *Tokenizer) indexAdded() {
-	t.addedIdx = make(map[byte][]int)
+	t.addedIdx = [256][]int{}
 	order := make([]int, len(t.added))
 	for i := range order {
 		order[i] = i

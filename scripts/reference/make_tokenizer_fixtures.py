@@ -91,9 +91,9 @@ TEST_STRINGS = [
 ]
 
 
-def write_json(path, obj):
+def write_json(path, obj, indent=1):
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
+        json.dump(obj, f, ensure_ascii=False, indent=indent)
         f.write("\n")
 
 
@@ -103,13 +103,17 @@ def write_json(path, obj):
 def train_spm(outdir, name, **kw):
     d = os.path.join(outdir, name)
     os.makedirs(d, exist_ok=True)
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = os.path.join(tmp, "corpus.txt")
+        # Relative paths keep the temporary directory out of trainer_spec,
+        # so regenerated models are byte-identical.
+        os.chdir(tmp)
+        corpus = "corpus.txt"
         with open(corpus, "w", encoding="utf-8") as f:
             # Repeat so the trainer sees enough frequency to build merges.
             for _ in range(3):
                 f.write(CORPUS)
-        prefix = os.path.join(tmp, "m")
+        prefix = "m"
         spm.SentencePieceTrainer.train(
             input=corpus,
             model_prefix=prefix,
@@ -125,6 +129,7 @@ def train_spm(outdir, name, **kw):
         )
         with open(prefix + ".model", "rb") as f:
             model = f.read()
+        os.chdir(cwd)
     with open(os.path.join(d, "tokenizer.model"), "wb") as f:
         f.write(model)
     sp = spm.SentencePieceProcessor(model_proto=model)
@@ -438,6 +443,19 @@ def make_bytelevel(outdir, style):
     })
 
 
+def make_random_pretokens(outdir, n=300):
+    """Random strings over a tricky alphabet, pre-tokenised by each pattern."""
+    import random
+    rng = random.Random(1234)
+    alphabet = list("aZ'sStTrRemlLdvV 1 2  \t\n\r!?.,-_()") + \
+        ["\u00e9", "\u017f", "\u00a0", "\u3000", "\u65e5", "\u0663", "\u216b", "\U0001F600", "\u0301", "\u2028"]
+    cases = []
+    for _ in range(n):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        cases.append({"text": s, **{st: pretok(st, s) for st in ("gpt2", "smollm", "llama3", "qwen2")}})
+    write_json(os.path.join(outdir, "pretok_random.json"), cases, indent=None)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "testdata", "tokenizer")
@@ -448,6 +466,7 @@ def main():
               user_defined_symbols=["<start_of_turn>", "<end_of_turn>"])
     for style in BL_STYLES:
         make_bytelevel(outdir, style)
+    make_random_pretokens(outdir)
     print("wrote fixtures to", outdir)
 
 
