@@ -51,10 +51,9 @@ func loadFixture(t testing.TB, name string) (*Tokenizer, *fixture) {
 }
 
 var (
-	spmFixtures  = []string{"spm_llama", "spm_gemma"}
-	bpeFixtures  = []string{"bpe_gpt2", "bpe_smollm", "bpe_llama3", "bpe_qwen2"}
-	allFixtures  = append(append([]string(nil), spmFixtures...), bpeFixtures...)
-	fixtureCount = 0
+	spmFixtures = []string{"spm_llama", "spm_gemma"}
+	bpeFixtures = []string{"bpe_gpt2", "bpe_smollm", "bpe_llama3", "bpe_qwen2"}
+	allFixtures = append(append([]string(nil), spmFixtures...), bpeFixtures...)
 )
 
 func TestFixturesEncodeDecode(t *testing.T) {

@@ -268,8 +268,10 @@ func stringPattern(raw json.RawMessage) string {
 func (t *Tokenizer) configureHFSPM(normRaw, preRaw json.RawMessage) error {
 	t.kind = kindHFSPM
 	t.byteFallback = true
-	t.rankedMerges = true
 	t.escapeSpace = true
+	if t.unkID >= 0 {
+		t.unkSurface = t.pieces[t.unkID]
+	}
 	for i, p := range t.pieces {
 		if b, ok := parseBytePiece(p); ok {
 			t.bytes[b] = int32(i)
