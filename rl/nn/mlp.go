@@ -82,9 +82,9 @@ func (m *MLP) split(p []float64) (w1, b1, w2, b2, w3, b3 []float64) {
 
 // Cache holds the activations of a batched forward pass, for Backward.
 type Cache struct {
-	N                  int
+	N                 int
 	X, Z1, H1, Z2, H2 []float64
-	Y                  []float64
+	Y                 []float64
 }
 
 func grow(s []float64, n int) []float64 {
