@@ -494,19 +494,7 @@ func geluTanhGrad(x float32) float32 {
 }
 
 // NewGrad returns a zero gradient shaped like a.
-func NewGrad(a *lora.Adapter) *lora.Adapter {
-	g := &lora.Adapter{Name: a.Name, Rank: a.Rank, Alpha: a.Alpha, RSLoRA: a.RSLoRA, Modules: a.Modules,
-		Layers: make([][model.NumModules]*lora.Pair, len(a.Layers))}
-	for l, mods := range a.Layers {
-		for m, p := range mods {
-			if p != nil {
-				g.Layers[l][m] = &lora.Pair{R: p.R, In: p.In, Out: p.Out, Scale: p.Scale,
-					A: make([]float32, len(p.A)), B: make([]float32, len(p.B))}
-			}
-		}
-	}
-	return g
-}
+func NewGrad(a *lora.Adapter) *lora.Adapter { return a.ZerosLike() }
 
 // Backward accumulates into grad (shaped like the tape's adapter, see
 // NewGrad) the gradient of a loss whose gradient with respect to the

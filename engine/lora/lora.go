@@ -61,3 +61,33 @@ func (a *Adapter) Validate(cfg *model.Config) error {
 	}
 	return nil
 }
+
+// ZerosLike returns an adapter with the same layers, modules and shapes as a
+// and all-zero A and B (for gradients and optimiser moments).
+func (a *Adapter) ZerosLike() *Adapter {
+	z := &Adapter{Name: a.Name, Rank: a.Rank, Alpha: a.Alpha, RSLoRA: a.RSLoRA, Modules: a.Modules,
+		Layers: make([][model.NumModules]*Pair, len(a.Layers))}
+	for l, mods := range a.Layers {
+		for m, p := range mods {
+			if p != nil {
+				z.Layers[l][m] = &Pair{R: p.R, In: p.In, Out: p.Out, Scale: p.Scale,
+					A: make([]float32, len(p.A)), B: make([]float32, len(p.B))}
+			}
+		}
+	}
+	return z
+}
+
+// Clone returns a deep copy of a.
+func (a *Adapter) Clone() *Adapter {
+	c := a.ZerosLike()
+	for l, mods := range a.Layers {
+		for m, p := range mods {
+			if p != nil {
+				copy(c.Layers[l][m].A, p.A)
+				copy(c.Layers[l][m].B, p.B)
+			}
+		}
+	}
+	return c
+}

@@ -1,0 +1,375 @@
+package training
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/sooserve/sooserve/engine"
+	"github.com/sooserve/sooserve/engine/cpu"
+	"github.com/sooserve/sooserve/engine/lora"
+	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/engine/safetensors"
+)
+
+// Spec is a SOO fine-tuning recipe (DESIGN.md §6).
+type Spec struct {
+	Layer       int            `json:"layer"`
+	Site        string         `json:"site"`
+	Pooling     Pooling        `json:"pooling"`
+	Rank        int            `json:"r"`
+	Alpha       float64        `json:"alpha"`
+	Dropout     float64        `json:"dropout"`
+	Targets     []string       `json:"target_modules"`
+	RSLoRA      bool           `json:"use_rslora"`
+	LR          float64        `json:"learning_rate"`
+	WeightDecay float64        `json:"weight_decay"`
+	Epochs      int            `json:"epochs"`
+	BatchSize   int            `json:"batch_size"`
+	Seed        uint64         `json:"seed"`
+	MaxTokens   int            `json:"max_tokens"`
+	targets     []model.Module `json:"-"`
+	site        engine.Site    `json:"-"`
+}
+
+// Mistral7BRecipe is the paper's Mistral-7B recipe (layer 19, r 8, alpha 32,
+// dropout 0.2, lr 1e-4, 15 epochs, batch 4) on q_proj and v_proj.
+func Mistral7BRecipe() Spec {
+	return Spec{Layer: 19, Site: "attn_out", Pooling: PoolFull, Rank: 8, Alpha: 32, Dropout: 0.2,
+		Targets: []string{"q_proj", "v_proj"}, LR: 1e-4, Epochs: 15, BatchSize: 4}
+}
+
+// DefaultLayer is the capture layer used when a request names none: 60% of
+// the depth, where the paper's Mistral recipe sits (19 of 32).
+func DefaultLayer(cfg *model.Config) int { return cfg.Layers * 6 / 10 }
+
+// Normalize fills defaults (the Mistral recipe) and validates the spec
+// against cfg. Errors are phrased for API clients.
+func (s *Spec) Normalize(cfg *model.Config) error {
+	def := Mistral7BRecipe()
+	if s.Layer < 0 {
+		return fmt.Errorf("layer must be non-negative, got %d", s.Layer)
+	}
+	if s.Layer >= cfg.Layers {
+		return fmt.Errorf("layer %d out of range: the model has %d layers (0..%d)", s.Layer, cfg.Layers, cfg.Layers-1)
+	}
+	if s.Site == "" {
+		s.Site = def.Site
+	}
+	site, err := engine.ParseSite(s.Site)
+	if err != nil {
+		return err
+	}
+	s.site = site
+	if s.Pooling, err = ParsePooling(string(s.Pooling)); err != nil {
+		return err
+	}
+	if s.Rank == 0 {
+		s.Rank = def.Rank
+	}
+	if s.Alpha == 0 {
+		s.Alpha = def.Alpha
+	}
+	if len(s.Targets) == 0 {
+		s.Targets = def.Targets
+	}
+	if s.LR == 0 {
+		s.LR = def.LR
+	}
+	if s.Epochs == 0 {
+		s.Epochs = def.Epochs
+	}
+	if s.BatchSize == 0 {
+		s.BatchSize = def.BatchSize
+	}
+	if s.MaxTokens == 0 {
+		s.MaxTokens = 256
+	}
+	switch {
+	case s.Rank < 1 || s.Rank > 256:
+		return fmt.Errorf("r must be between 1 and 256, got %d", s.Rank)
+	case s.Alpha <= 0 || math.IsNaN(s.Alpha):
+		return fmt.Errorf("alpha must be positive, got %g", s.Alpha)
+	case s.Dropout < 0 || s.Dropout >= 1:
+		return fmt.Errorf("dropout must be in [0, 1), got %g", s.Dropout)
+	case s.LR <= 0 || s.LR > 1 || math.IsNaN(s.LR):
+		return fmt.Errorf("learning_rate must be in (0, 1], got %g", s.LR)
+	case s.WeightDecay < 0:
+		return fmt.Errorf("weight_decay must be non-negative, got %g", s.WeightDecay)
+	case s.Epochs < 1 || s.Epochs > 1000:
+		return fmt.Errorf("epochs must be between 1 and 1000, got %d", s.Epochs)
+	case s.BatchSize < 1 || s.BatchSize > 64:
+		return fmt.Errorf("batch_size must be between 1 and 64, got %d", s.BatchSize)
+	}
+	s.targets = s.targets[:0]
+	for _, t := range s.Targets {
+		m, ok := model.ParseModule(t)
+		if !ok {
+			return fmt.Errorf("unknown target module %q (want q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)", t)
+		}
+		if !slices.Contains(s.targets, m) {
+			s.targets = append(s.targets, m)
+		}
+	}
+	slices.Sort(s.targets)
+	return nil
+}
+
+// NewAdapter returns a LoRA adapter initialised as PEFT does: A uniform in
+// ±1/sqrt(in) (Kaiming-uniform with a=√5), B zero, so training starts at the base model.
+func NewAdapter(cfg *model.Config, s *Spec, name string) *lora.Adapter {
+	rng := rand.New(rand.NewPCG(s.Seed, 0xda3e39cb94b95bdb))
+	a := &lora.Adapter{Name: name, Rank: s.Rank, Alpha: s.Alpha, RSLoRA: s.RSLoRA, Modules: slices.Clone(s.targets),
+		Layers: make([][model.NumModules]*lora.Pair, cfg.Layers)}
+	scale := lora.Scale(s.Alpha, s.Rank, s.RSLoRA)
+	for l := range a.Layers {
+		for _, m := range s.targets {
+			out, in := cfg.Shape(m)
+			p := &lora.Pair{R: s.Rank, In: in, Out: out, Scale: scale, A: make([]float32, s.Rank*in), B: make([]float32, out*s.Rank)}
+			bound := 1 / math.Sqrt(float64(in))
+			for i := range p.A {
+				p.A[i] = float32((2*rng.Float64() - 1) * bound)
+			}
+			a.Layers[l][m] = p
+		}
+	}
+	return a
+}
+
+// Progress reports a finished optimiser step.
+type Progress struct {
+	Step       int           `json:"step"`
+	Steps      int           `json:"steps"`
+	Epoch      int           `json:"epoch"`
+	Epochs     int           `json:"epochs"`
+	Loss       float64       `json:"loss"`
+	TokensPerS float64       `json:"tokens_per_s"`
+	ETA        time.Duration `json:"eta_ns"`
+}
+
+// RunOptions are a training run's side channels.
+type RunOptions struct {
+	// CheckpointDir, when set, receives a checkpoint after every epoch, and a
+	// run whose directory holds one resumes after its last finished epoch.
+	CheckpointDir string
+	// Progress is called after every step (from the training goroutine).
+	Progress func(Progress)
+	// EpochDone is called after every epoch's checkpoint is written.
+	EpochDone func(epoch int)
+}
+
+// Result is a finished run.
+type Result struct {
+	Adapter *lora.Adapter
+	Losses  []float64 // per step, over the whole run (including steps before a resume)
+	Resumed int       // epochs restored from a checkpoint
+}
+
+// Train fine-tunes a fresh adapter on pairs with the SOO loss.
+func Train(ctx context.Context, ex *cpu.Executor, pairs []TokPair, spec Spec, name string, opts RunOptions) (*Result, error) {
+	cfg := ex.Config()
+	if err := spec.Normalize(cfg); err != nil {
+		return nil, fmt.Errorf("training: %w", err)
+	}
+	if len(pairs) == 0 {
+		return nil, errors.New("training: no pairs")
+	}
+	a := NewAdapter(cfg, &spec, name)
+	opt := NewAdamW(a, spec.LR, spec.WeightDecay)
+	res := &Result{Adapter: a}
+	start := 0
+	if opts.CheckpointDir != "" {
+		ck, err := loadCheckpoint(opts.CheckpointDir, a, opt, &spec, len(pairs))
+		if err != nil {
+			return nil, err
+		}
+		if ck != nil {
+			start = ck.Epoch
+			res.Losses = ck.Losses
+			res.Resumed = ck.Epoch
+		}
+	}
+	bs := spec.BatchSize
+	stepsPerEpoch := (len(pairs) + bs - 1) / bs
+	total := stepsPerEpoch * spec.Epochs
+	pt := engine.Point{Layer: spec.Layer, Site: spec.site}
+	began := time.Now()
+	var tokens int
+	for epoch := start; epoch < spec.Epochs; epoch++ {
+		order := epochOrder(len(pairs), spec.Seed, epoch)
+		for b := 0; b < stepsPerEpoch; b++ {
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("training: %w", err)
+			}
+			idx := order[b*bs : min((b+1)*bs, len(order))]
+			step := epoch*stepsPerEpoch + b
+			loss, n, err := trainStep(ctx, ex, a, opt, pairs, idx, pt, spec, uint64(step))
+			if err != nil {
+				return nil, err
+			}
+			tokens += n
+			res.Losses = append(res.Losses, loss)
+			if opts.Progress != nil {
+				el := time.Since(began)
+				done := step + 1 - start*stepsPerEpoch
+				opts.Progress(Progress{Step: step + 1, Steps: total, Epoch: epoch + 1, Epochs: spec.Epochs, Loss: loss,
+					TokensPerS: float64(tokens) / el.Seconds(),
+					ETA:        time.Duration(float64(el) / float64(done) * float64(total-step-1))})
+			}
+		}
+		if opts.CheckpointDir != "" {
+			if err := saveCheckpoint(opts.CheckpointDir, a, opt, &spec, len(pairs), epoch+1, res.Losses); err != nil {
+				return nil, err
+			}
+		}
+		if opts.EpochDone != nil {
+			opts.EpochDone(epoch + 1)
+		}
+	}
+	return res, nil
+}
+
+// epochOrder is the seeded shuffle of pair indices for an epoch; it depends
+// only on (seed, epoch), so a resumed run repeats it exactly.
+func epochOrder(n int, seed uint64, epoch int) []int {
+	rng := rand.New(rand.NewPCG(seed, uint64(epoch)+1))
+	return rng.Perm(n)
+}
+
+// trainStep runs one optimiser step on the pairs idx and returns the batch's
+// mean loss and the number of tokens processed.
+func trainStep(ctx context.Context, ex *cpu.Executor, a *lora.Adapter, opt *AdamW, pairs []TokPair, idx []int, pt engine.Point, spec Spec, step uint64) (float64, int, error) {
+	seqs := make([][]int32, 0, 2*len(idx))
+	n := 0
+	for _, i := range idx {
+		seqs = append(seqs, pairs[i].Self, pairs[i].Other)
+		n += len(pairs[i].Self) + len(pairs[i].Other)
+	}
+	tape, acts, err := ex.ForwardTrain(ctx, a, seqs, pt, cpu.TrainOptions{Dropout: spec.Dropout, Seed: spec.Seed<<20 ^ step})
+	if err != nil {
+		return 0, 0, fmt.Errorf("training: forward: %w", err)
+	}
+	grads := make([]engine.Tensor2D, len(acts))
+	var total float64
+	inv := float32(1) / float32(len(idx))
+	for k := range idx {
+		loss, dS, dO, err := SOOLoss(acts[2*k], acts[2*k+1], spec.Pooling)
+		if err != nil {
+			return 0, 0, fmt.Errorf("training: %w", err)
+		}
+		total += loss
+		for i := range dS.Data {
+			dS.Data[i] *= inv
+		}
+		for i := range dO.Data {
+			dO.Data[i] *= inv
+		}
+		grads[2*k], grads[2*k+1] = dS, dO
+	}
+	g := cpu.NewGrad(a)
+	if err := tape.Backward(ctx, grads, g); err != nil {
+		return 0, 0, fmt.Errorf("training: backward: %w", err)
+	}
+	opt.Update(a, g)
+	return total / float64(len(idx)), n, nil
+}
+
+// checkpointMeta is stored in the checkpoint's safetensors metadata.
+type checkpointMeta struct {
+	Epoch    int       `json:"epoch"`
+	AdamStep int       `json:"adam_step"`
+	Pairs    int       `json:"pairs"`
+	Spec     Spec      `json:"spec"`
+	Losses   []float64 `json:"losses"`
+}
+
+const checkpointFile = "checkpoint.safetensors"
+
+func saveCheckpoint(dir string, a *lora.Adapter, opt *AdamW, spec *Spec, pairs, epoch int, losses []float64) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("training: checkpoint: %w", err)
+	}
+	meta, err := json.Marshal(checkpointMeta{Epoch: epoch, AdamStep: opt.Step, Pairs: pairs, Spec: *spec, Losses: losses})
+	if err != nil {
+		return fmt.Errorf("training: checkpoint: %w", err)
+	}
+	var ts []safetensors.Tensor
+	for _, part := range []struct {
+		prefix string
+		a      *lora.Adapter
+	}{{"param", a}, {"adam_m", opt.M}, {"adam_v", opt.V}} {
+		for l, mods := range part.a.Layers {
+			for m, p := range mods {
+				if p == nil {
+					continue
+				}
+				k := fmt.Sprintf("%s.%d.%s.", part.prefix, l, model.Module(m))
+				ts = append(ts, safetensors.FromFloat32(k+"A", safetensors.F32, []int{p.R, p.In}, p.A),
+					safetensors.FromFloat32(k+"B", safetensors.F32, []int{p.Out, p.R}, p.B))
+			}
+		}
+	}
+	if err := safetensors.WriteFile(filepath.Join(dir, checkpointFile), ts, map[string]string{"soo": string(meta)}); err != nil {
+		return fmt.Errorf("training: checkpoint: %w", err)
+	}
+	return nil
+}
+
+// loadCheckpoint restores a, opt from dir when a checkpoint of the same spec
+// and dataset is there; it returns nil when there is none.
+func loadCheckpoint(dir string, a *lora.Adapter, opt *AdamW, spec *Spec, pairs int) (*checkpointMeta, error) {
+	path := filepath.Join(dir, checkpointFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("training: checkpoint: %w", err)
+	}
+	defer f.Close()
+	var meta checkpointMeta
+	if err := json.Unmarshal([]byte(f.Metadata()["soo"]), &meta); err != nil {
+		return nil, fmt.Errorf("training: checkpoint metadata: %w", err)
+	}
+	want, _ := json.Marshal(spec)
+	got, _ := json.Marshal(meta.Spec)
+	if string(want) != string(got) || meta.Pairs != pairs {
+		return nil, fmt.Errorf("training: checkpoint in %s is for another spec or dataset", dir)
+	}
+	for _, part := range []struct {
+		prefix string
+		a      *lora.Adapter
+	}{{"param", a}, {"adam_m", opt.M}, {"adam_v", opt.V}} {
+		for l, mods := range part.a.Layers {
+			for m, p := range mods {
+				if p == nil {
+					continue
+				}
+				k := fmt.Sprintf("%s.%d.%s.", part.prefix, l, model.Module(m))
+				for _, ab := range []struct {
+					name string
+					dst  []float32
+				}{{"A", p.A}, {"B", p.B}} {
+					t, ok := f.Tensor(k + ab.name)
+					if !ok || t.NumElements() != len(ab.dst) {
+						return nil, fmt.Errorf("training: checkpoint lacks %s%s", k, ab.name)
+					}
+					v, err := t.Float32()
+					if err != nil {
+						return nil, fmt.Errorf("training: checkpoint: %w", err)
+					}
+					copy(ab.dst, v)
+				}
+			}
+		}
+	}
+	opt.Step = meta.AdamStep
+	return &meta, nil
+}
