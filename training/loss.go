@@ -6,27 +6,27 @@ import (
 	"fmt"
 
 	"github.com/sooserve/sooserve/engine"
+	"github.com/sooserve/sooserve/overlap"
 )
 
-// Pooling says how a [T, d] activation is compared with its twin.
-type Pooling string
+// Pooling says how a [T, d] activation is compared with its twin; the
+// names and meanings are the overlap metrics' (DESIGN.md §5).
+type Pooling = overlap.Pooling
 
-// Poolings of DESIGN.md §5.
+// Poolings, as in package overlap.
 const (
-	PoolFull Pooling = "full" // right-pad the shorter with zero rows; elementwise
-	PoolMean Pooling = "mean" // compare the token means
-	PoolLast Pooling = "last" // compare the last tokens
+	PoolFull = overlap.PoolFull
+	PoolMean = overlap.PoolMean
+	PoolLast = overlap.PoolLast
 )
 
-// ParsePooling validates a pooling name ("" means full, the training default).
+// ParsePooling validates a pooling name; "" means full, the training default
+// (the overlap metrics default to mean).
 func ParsePooling(s string) (Pooling, error) {
-	switch Pooling(s) {
-	case "":
+	if s == "" {
 		return PoolFull, nil
-	case PoolFull, PoolMean, PoolLast:
-		return Pooling(s), nil
 	}
-	return "", fmt.Errorf("unknown pooling %q (want full, mean or last)", s)
+	return overlap.ParsePooling(s)
 }
 
 // SOOLoss returns MSE(S, O) under the pooling, computed in float64, and its
