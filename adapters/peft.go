@@ -193,3 +193,13 @@ func LoadDir(name, dir string, base *model.Config) (*lora.Adapter, *Config, erro
 	}
 	return a, cfg, nil
 }
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// ValidateName checks an adapter name: 1 to 64 of [A-Za-z0-9._-], not "." or "..".
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) || name == "." || name == ".." {
+		return fmt.Errorf("adapter name %q must be 1-64 characters of A-Z a-z 0-9 . _ - (and not . or ..)", name)
+	}
+	return nil
+}
