@@ -4,8 +4,9 @@
 Runs self/other token-id pairs (different lengths) through the independent
 PyTorch model of reference.py (imported, not modified), captures every site of
 every layer in float64, and computes every overlap metric for every pooling in
-float64. Writes testdata/overlap/expected.json, which overlap/reference_test.go
-compares Measure against.
+float64. Writes testdata/overlap/expected.json, which overlap/overlap_test.go
+compares Measure against, and testdata/overlap/tokenizer/ (a byte-level
+tokenizer whose ids fit the tiny models, for the `soo overlap` test).
 
 Run:  /usr/bin/python3 scripts/reference/overlap_reference.py --out testdata
 Deterministic (fixed generator seeds): two runs give identical bytes.
@@ -75,6 +76,51 @@ def metrics(S, O, pooling):
     return {"mse": mse, "log_mse": math.log(mse + 1e-25), "cosine": cos, "self_norm": sn, "other_norm": on}
 
 
+def bytes_to_unicode():
+    """GPT-2's byte -> printable-character map (ByteLevel pre-tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + \
+        list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_probe_tokenizer(out):
+    """A byte-level BPE tokenizer without merges (one token per byte, ids 3..258)
+    and a BOS <s> = 1, EOS </s> = 2: every id fits the tiny models' vocabulary
+    of 320, so `soo overlap --tokenizer testdata/overlap/tokenizer` can run the
+    text probe on them."""
+    b2u = bytes_to_unicode()
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[b2u[b]] = 3 + b
+    added = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for c, i in [("<unk>", 0), ("<s>", 1), ("</s>", 2)]]
+    tok = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": []},
+    }
+    d = os.path.join(out, "overlap", "tokenizer")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        json.dump(tok, f, indent=1, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>"},
+                  f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="testdata")
@@ -120,6 +166,8 @@ def main():
         }, f, indent=1, sort_keys=True)
         f.write("\n")
     print("wrote", path)
+    write_probe_tokenizer(args.out)
+    print("wrote", os.path.join(args.out, "overlap", "tokenizer"))
 
 
 if __name__ == "__main__":
