@@ -17,10 +17,20 @@
 // is the cosine of the flattened matrices and the norms are their Frobenius
 // norms (padding rows add nothing to either).
 //
-// Measure runs a pair as two rows of one batched, logits-free forward step;
-// Compute builds the same Result from activations that were already captured
-// (for example by the prefill of a chat request, so that its twin costs one
-// extra prefill and no decoding).
+// Serving: the "soo" extension and POST /v1/overlap.
+//
+//   - Parse the request's "layers", "sites" and "pooling" with ParseSpec and
+//     Spec.Resolve; every error they return (and those of Measure, CheckTokens
+//     and NewSwap) matches ErrInvalid and is an *InputError whose Param names
+//     the field: answer 400.
+//   - POST /v1/overlap: Measure runs the pair as two rows of one batched,
+//     logits-free forward step (one prefill of each, upper layers skipped).
+//   - "soo" on a completion: attach spec.Capture() to the prompt's prefill
+//     row, then MeasureTwin (one extra prefill), or put the twin's row in the
+//     same step and call Compute. The twin comes from "other", or from the
+//     prompt by Swap (apply it to each message's text before the chat
+//     template, so both prompts get the same template).
+//   - Record each result with a Recorder (a Store such as Ring, and Metrics).
 package overlap
 
 import (
@@ -168,8 +178,8 @@ func (s Spec) Resolve(numLayers int) (Spec, error) {
 	return out, nil
 }
 
-// Points lists the capture points of a resolved Spec, layer-major, in result
-// order.
+// Points lists the capture points of a resolved Spec (Spec.Resolve; an
+// unresolved Spec may have none), layer-major, in result order.
 func (s Spec) Points() []engine.Point {
 	pts := make([]engine.Point, 0, len(s.Layers)*len(s.Sites))
 	for _, l := range s.Layers {
@@ -180,8 +190,9 @@ func (s Spec) Points() []engine.Point {
 	return pts
 }
 
-// Capture returns the capture request for a row whose every token is to be
-// compared (attach it to a chat request's prefill row, then call Compute).
+// Capture returns the capture request of a resolved Spec for a row whose
+// every token is to be compared (attach it to a chat request's prefill row,
+// then call Compute or MeasureTwin).
 func (s Spec) Capture() *engine.Capture { return &engine.Capture{Points: s.Points()} }
 
 // LayerResult is the overlap at one (layer, site).
@@ -297,7 +308,7 @@ func meanRows(t engine.Tensor2D) []float64 {
 	return m
 }
 
-// Compute builds the Result of a resolved spec from activations already
+// Compute builds the Result of a resolved spec (Spec.Resolve) from activations already
 // captured for every point of spec.Points(): self and other map each point to
 // [tokens, hidden] (engine.Output.Acts). self_tokens and other_tokens are the
 // captured row counts.
@@ -328,6 +339,29 @@ func Compute(spec Spec, self, other map[engine.Point]engine.Tensor2D) (*Result, 
 	return res, nil
 }
 
+// MeasureTwin measures the overlap of a prompt whose activations were already
+// captured (selfActs, e.g. the Acts of a chat request's prefill row that
+// carried spec.Capture()) against its twin, which it runs as one fresh,
+// logits-free row: the twin costs one extra prefill and no decoding. spec
+// must be resolved (Spec.Resolve). A scheduler that can put the twin into
+// the same forward step as the prompt should instead add a row with
+// spec.Capture() and Logits engine.LogitsNone, and call Compute.
+func MeasureTwin(ctx context.Context, ex engine.Executor, adapter *lora.Adapter, selfActs map[engine.Point]engine.Tensor2D, other []int32, spec Spec) (*Result, error) {
+	if len(spec.Layers) == 0 || len(spec.Sites) == 0 || spec.Pooling == "" {
+		return nil, errors.New("overlap: MeasureTwin needs a resolved spec (Spec.Resolve)")
+	}
+	if err := checkPrompt(ex, "other", other); err != nil {
+		return nil, err
+	}
+	seq := ex.NewSequence()
+	defer seq.Release()
+	outs, err := ex.Forward(ctx, []engine.Row{{Seq: seq, Tokens: other, Adapter: adapter, Capture: spec.Capture(), Logits: engine.LogitsNone}})
+	if err != nil {
+		return nil, fmt.Errorf("overlap: twin forward: %w", err)
+	}
+	return Compute(spec, selfActs, outs[0].Acts)
+}
+
 // TokenPair is a self prompt and its other-referencing twin, tokenized.
 type TokenPair struct {
 	Self, Other []int32
@@ -342,24 +376,25 @@ func maxContext(ex engine.Executor) int {
 }
 
 // CheckTokens validates a pair's token counts against the executor: neither
-// prompt may be empty or longer than its context.
+// prompt may be empty, longer than the context, or outside the vocabulary.
 func CheckTokens(ex engine.Executor, p TokenPair) error {
-	mc := maxContext(ex)
-	for _, x := range []struct {
-		param string
-		ids   []int32
-	}{{"self", p.Self}, {"other", p.Other}} {
-		if len(x.ids) == 0 {
-			return invalid(x.param, "the %s prompt is empty", x.param)
-		}
-		if len(x.ids) > mc {
-			return invalid(x.param, "the %s prompt has %d tokens; the context is %d", x.param, len(x.ids), mc)
-		}
-		if vs := ex.Config().VocabSize; vs > 0 {
-			for _, t := range x.ids {
-				if t < 0 || int(t) >= vs {
-					return invalid(x.param, "the %s prompt has token %d outside the vocabulary of %d", x.param, t, vs)
-				}
+	if err := checkPrompt(ex, "self", p.Self); err != nil {
+		return err
+	}
+	return checkPrompt(ex, "other", p.Other)
+}
+
+func checkPrompt(ex engine.Executor, param string, ids []int32) error {
+	if len(ids) == 0 {
+		return invalid(param, "the %s prompt is empty", param)
+	}
+	if mc := maxContext(ex); len(ids) > mc {
+		return invalid(param, "the %s prompt has %d tokens; the context is %d", param, len(ids), mc)
+	}
+	if vs := ex.Config().VocabSize; vs > 0 {
+		for _, t := range ids {
+			if t < 0 || int(t) >= vs {
+				return invalid(param, "the %s prompt has token %d outside the vocabulary of %d", param, t, vs)
 			}
 		}
 	}

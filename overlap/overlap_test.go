@@ -374,3 +374,44 @@ func BenchmarkMeasure(b *testing.B) {
 		})
 	}
 }
+
+// TestMeasureTwin checks the chat path: the prompt's prefill row (with
+// logits, as a completion runs it) carries the capture, and only the twin is
+// run by MeasureTwin; the result equals Measure on the same pair.
+func TestMeasureTwin(t *testing.T) {
+	ex := executor(t, "models/tiny-llama")
+	ctx := context.Background()
+	self := []int32{10, 20, 30, 40, 50, 60}
+	other := []int32{10, 21, 22, 40, 50, 60, 70}
+	spec, err := overlap.Spec{Layers: []int{2, 0}, Sites: allSites, Pooling: overlap.PoolLast}.Resolve(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := ex.NewSequence()
+	defer seq.Release()
+	out, err := ex.Forward(ctx, []engine.Row{{Seq: seq, Tokens: self, Capture: spec.Capture(), Logits: engine.LogitsLast}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := overlap.MeasureTwin(ctx, ex, nil, out[0].Acts, other, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := overlap.Measure(ctx, ex, nil, self, other, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := maxRel(got, want); e > 1e-6 {
+		t.Errorf("MeasureTwin vs Measure: %g", e)
+	}
+	if _, err := overlap.MeasureTwin(ctx, ex, nil, out[0].Acts, other, overlap.Spec{}); err == nil {
+		t.Error("unresolved spec accepted")
+	}
+	if _, err := overlap.MeasureTwin(ctx, ex, nil, out[0].Acts, nil, spec); !errors.Is(err, overlap.ErrInvalid) {
+		t.Errorf("empty twin: %v", err)
+	}
+	// Activations missing a point of the spec.
+	if _, err := overlap.Compute(spec, map[engine.Point]engine.Tensor2D{}, out[0].Acts); err == nil {
+		t.Error("missing activations accepted")
+	}
+}
