@@ -98,7 +98,7 @@ func loadCases(t testing.TB) []refCase {
 
 var allSites = []engine.Site{engine.AttnOut, engine.MLPOut, engine.ResidPost}
 
-// relErr is |got-want| / |want|, or the absolute error when |want| < floor.
+// relErr is |got-want| / |want|, or |got-want| / floor when |want| < floor.
 func relErr(got, want, floor float64) float64 {
 	d := math.Abs(got - want)
 	if a := math.Abs(want); a > floor {
