@@ -341,28 +341,19 @@ func applyLoRA(p *lora.Pair, x []float32, n int, out []float32) {
 }
 
 // matmul computes out[n, W.Rows] = x[n, W.Cols]·Wᵀ (+ bias), splitting the
-// weight rows across the executor's threads.
+// weight rows across the executor's threads in chunks of whole tiles. Every
+// output element is summed in the same order whatever n and the split.
 func (e *Executor) matmul(w *model.Matrix, bias, x []float32, n int, out []float32) {
-	rows := w.Rows
-	workers := e.threads
-	if rows*w.Cols*n < 1<<15 {
-		workers = 1
-	}
-	if workers == 1 {
-		matmulRows(w, bias, x, n, out, rows, 0, rows, make([]float32, w.Cols))
-		return
-	}
-	chunk := (rows + workers - 1) / workers
-	var wg sync.WaitGroup
-	for r0 := 0; r0 < rows; r0 += chunk {
-		r1 := min(r0+chunk, rows)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			matmulRows(w, bias, x, n, out, rows, r0, r1, make([]float32, w.Cols))
-		}()
-	}
-	wg.Wait()
+	rows, in := w.Rows, w.Cols
+	wv := matrixView(w)
+	tiles := (rows + tileR - 1) / tileR
+	// About 8 chunks per thread, each at least 64K multiply-adds.
+	macs := rows * in * n
+	grain := max(1<<16, macs/(8*e.threads)) / (tileR * in * n)
+	parallelDynamic(e.threads, tiles, max(1, grain), func(t0, t1 int) {
+		r0, r1 := t0*tileR, min(t1*tileR, rows)
+		native.gemm(wv, bias, x, in, n, in, out[r0:], rows, r0, r1)
+	})
 }
 
 func (st *step) applyRope(q, k []float32) {
@@ -380,18 +371,20 @@ func (st *step) applyRope(q, k []float32) {
 }
 
 // attention computes each new token's attention over its sequence's cache.
+// One task is a (token, KV head) pair: the query heads of the group share
+// each key row, loaded once for all of them by the tile kernels.
 func (st *step) attention(l int, q, out []float32) {
 	cfg := st.e.cfg
 	H, hd := cfg.Heads, cfg.HeadDim
-	group := cfg.Heads / cfg.KVHeads
+	KH := cfg.KVHeads
+	group := H / KH
 	kvd := cfg.KVDim()
 	window := cfg.Window(l)
-	// One task per (token, head).
-	tasks := st.n * H
+	ks := native
 	run := func(t0, t1 int) {
-		scores := make([]float32, 0, 64)
+		var scores []float32
 		for task := t0; task < t1; task++ {
-			tok, h := task/H, task%H
+			tok, kh := task/KH, task%KH
 			i := st.rowOf(tok)
 			s := st.seqs[i]
 			pos := s.n + (tok - st.off[i]) // absolute position of this token
@@ -399,34 +392,44 @@ func (st *step) attention(l int, q, out []float32) {
 			if window > 0 {
 				lo = max(0, pos-window+1)
 			}
-			kh := h / group
-			qv := q[(tok*H+h)*hd : (tok*H+h+1)*hd]
-			scores = scores[:0]
-			maxS := float32(math.Inf(-1))
-			for j := lo; j <= pos; j++ {
-				sc := dot(qv, s.k[l][j*kvd+kh*hd:j*kvd+(kh+1)*hd]) * cfg.AttnScale
-				if cfg.AttnSoftcap > 0 {
-					sc = softcap(sc, cfg.AttnSoftcap)
+			nk := pos + 1 - lo
+			if cap(scores) < group*nk {
+				scores = make([]float32, group*nk, 2*group*nk)
+			}
+			scores = scores[:group*nk]
+			h0 := tok*H + kh*group // first query head of the group
+			keys := wmat{dt: dtF32, f32: s.k[l][kh*hd:], ld: kvd}
+			ks.gemm(keys, nil, q[h0*hd:(h0+group)*hd], hd, group, hd, scores, nk, lo, pos+1)
+			vals := s.v[l][kh*hd:]
+			for g := 0; g < group; g++ {
+				sc := scores[g*nk : (g+1)*nk]
+				maxS := float32(math.Inf(-1))
+				for j, v := range sc {
+					v *= cfg.AttnScale
+					if cfg.AttnSoftcap > 0 {
+						v = softcap(v, cfg.AttnSoftcap)
+					}
+					sc[j] = v
+					maxS = max(maxS, v)
 				}
-				scores = append(scores, sc)
-				maxS = max(maxS, sc)
-			}
-			var sum float32
-			for j, sc := range scores {
-				p := float32(math.Exp(float64(sc - maxS)))
-				scores[j] = p
-				sum += p
-			}
-			o := out[(tok*H+h)*hd : (tok*H+h+1)*hd]
-			clear(o)
-			inv := 1 / sum
-			for j, p := range scores {
-				jj := lo + j
-				axpy(p*inv, s.v[l][jj*kvd+kh*hd:jj*kvd+(kh+1)*hd], o)
+				var sum float32
+				for j, v := range sc {
+					p := expf(v - maxS)
+					sc[j] = p
+					sum += p
+				}
+				o := out[(h0+g)*hd : (h0+g+1)*hd]
+				clear(o)
+				inv := 1 / sum
+				for j, p := range sc {
+					jj := (lo + j) * kvd
+					ks.axpy(p*inv, vals[jj:jj+hd], o)
+				}
 			}
 		}
 	}
-	parallel(st.e.threads, tasks, 16, run)
+	// Causal rows grow with position: small chunks keep both threads busy.
+	parallelDynamic(st.e.threads, st.n*KH, 4, run)
 }
 
 // rowOf returns the row index that flattened token tok belongs to.
@@ -443,8 +446,9 @@ func (st *step) rowOf(tok int) int {
 	return lo
 }
 
-// parallel splits [0, n) into contiguous chunks over up to workers goroutines,
-// running inline when n is below minPer per worker.
+// parallel splits [0, n) into contiguous chunks over up to workers goroutines
+// (the caller runs the last chunk), running inline when n is below minPer per
+// worker.
 func parallel(workers, n, minPer int, fn func(lo, hi int)) {
 	if workers > n/minPer {
 		workers = max(1, n/minPer)
@@ -455,14 +459,16 @@ func parallel(workers, n, minPer int, fn func(lo, hi int)) {
 	}
 	chunk := (n + workers - 1) / workers
 	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		hi := min(lo+chunk, n)
+	lo := 0
+	for ; lo+chunk < n; lo += chunk {
+		l := lo
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			fn(lo, hi)
+			fn(l, l+chunk)
 		}()
 	}
+	fn(lo, n)
 	wg.Wait()
 }
 

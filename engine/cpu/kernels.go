@@ -2,10 +2,195 @@ package cpu
 
 import (
 	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
 
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/safetensors"
 )
+
+// The matrix products of the executor are built from tiles: one call computes
+// the dot products of T ≤ tileT input rows (tokens) with R ≤ tileR weight
+// rows, each with one 8-lane accumulator that walks the first in&^7 elements
+// in order, reduced by reduce8; the last in%8 products are then added one by
+// one, then the bias. The summation order of one output element therefore
+// depends only on the input length, never on the batch or on which tile the
+// element lands in, so a row batched with others equals the row alone bit for
+// bit.
+const (
+	tileT = 4 // tokens per tile
+	tileR = 3 // weight rows per tile
+	// tokBlock tokens' inputs stay in cache while a chunk of weight rows
+	// streams past them, so each weight row is read from memory once per
+	// tokBlock tokens.
+	tokBlock = 64
+)
+
+// Weight storage types as indices of tileTab.
+const (
+	dtF32 = iota
+	dtBF16
+	dtF16
+)
+
+func dtIndex(d model.DType) int {
+	switch d {
+	case model.BF16:
+		return dtBF16
+	case model.F16:
+		return dtF16
+	}
+	return dtF32
+}
+
+// kernelSet selects the implementation of the tile kernels: the AVX2/FMA
+// assembly, or pure Go loops that compute the same sums in the same order
+// (rounding products and sums separately instead of fusing them, so the two
+// differ in the last bits).
+type kernelSet struct{ asm bool }
+
+// native is the kernel set for this CPU; it is fixed at init.
+var native = kernelSet{asm: haveAsm}
+
+// wmat is a strided view of a weight matrix: row r starts at element r*ld of
+// f32 (dt == dtF32) or u16.
+type wmat struct {
+	dt  int
+	f32 []float32
+	u16 []uint16
+	ld  int
+}
+
+func matrixView(w *model.Matrix) wmat {
+	return wmat{dt: dtIndex(w.DType), f32: w.F32, u16: w.U16, ld: w.Cols}
+}
+
+// at returns element (r, i) as float32.
+func (w *wmat) at(r, i int) float32 {
+	switch w.dt {
+	case dtBF16:
+		return math.Float32frombits(uint32(w.u16[r*w.ld+i]) << 16)
+	case dtF16:
+		return f16ToF32(w.u16[r*w.ld+i])
+	}
+	return w.f32[r*w.ld+i]
+}
+
+// f16ToF32 widens an IEEE half, as VCVTPH2PS does.
+func f16ToF32(h uint16) float32 { return safetensors.F16ToF32(h) }
+
+// gemm computes out[t*ldo + r-r0] = W[r]·x[t] (+ bias[r]) for tokens t < n
+// and weight rows r in [r0, r1), where x[t] = x[t*ldx : t*ldx+in].
+func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float32, ldo, r0, r1 int) {
+	k8 := in &^ 7
+	var sums [tileT * tileR]float32
+	for tb := 0; tb < n; tb += tokBlock {
+		te := min(tb+tokBlock, n)
+		for r := r0; r < r1; r += tileR {
+			R := min(tileR, r1-r)
+			for t := tb; t < te; t += tileT {
+				T := min(tileT, te-t)
+				ks.tile(&w, r, R, x, ldx, t, T, k8, &sums)
+				for tt := 0; tt < T; tt++ {
+					xt := x[(t+tt)*ldx : (t+tt)*ldx+in]
+					o := out[(t+tt)*ldo+r-r0 : (t+tt)*ldo+r-r0+R]
+					for rr := range o {
+						s := sums[tt*R+rr]
+						for i := k8; i < in; i++ {
+							s += w.at(r+rr, i) * xt[i]
+						}
+						if bias != nil {
+							s += bias[r+rr]
+						}
+						o[rr] = s
+					}
+				}
+			}
+		}
+	}
+}
+
+// tile writes sums[tt*R+rr] = the 8-lane dot product of the first k8
+// elements of weight row r+rr and token t+tt.
+func (ks kernelSet) tile(w *wmat, r, R int, x []float32, ldx, t, T, k8 int, sums *[tileT * tileR]float32) {
+	if k8 == 0 {
+		clear(sums[:])
+		return
+	}
+	if ks.asm {
+		_ = x[(t+T-1)*ldx+k8-1] // bounds
+		var p unsafe.Pointer
+		if w.dt == dtF32 {
+			_ = w.f32[(r+R-1)*w.ld+k8-1]
+			p = unsafe.Pointer(&w.f32[r*w.ld])
+		} else {
+			_ = w.u16[(r+R-1)*w.ld+k8-1]
+			p = unsafe.Pointer(&w.u16[r*w.ld])
+		}
+		tileAsm(w.dt, T, R, p, w.ld, &x[t*ldx], ldx, k8, &sums[0])
+		return
+	}
+	for tt := 0; tt < T; tt++ {
+		xt := x[(t+tt)*ldx : (t+tt)*ldx+k8]
+		for rr := 0; rr < R; rr++ {
+			sums[tt*R+rr] = dot8Go(w, r+rr, xt)
+		}
+	}
+}
+
+// dot8Go is the pure-Go tile kernel for one (row, token) pair.
+func dot8Go(w *wmat, r int, x []float32) float32 {
+	var acc [8]float32
+	k8 := len(x)
+	base := r * w.ld
+	switch w.dt {
+	case dtF32:
+		row := w.f32[base : base+k8]
+		for i := 0; i < k8; i += 8 {
+			a, b := row[i:i+8:i+8], x[i:i+8:i+8]
+			for l := range 8 {
+				acc[l] += a[l] * b[l]
+			}
+		}
+	case dtBF16:
+		row := w.u16[base : base+k8]
+		for i := 0; i < k8; i += 8 {
+			a, b := row[i:i+8:i+8], x[i:i+8:i+8]
+			for l := range 8 {
+				acc[l] += math.Float32frombits(uint32(a[l])<<16) * b[l]
+			}
+		}
+	default:
+		row := w.u16[base : base+k8]
+		for i := 0; i < k8; i += 8 {
+			a, b := row[i:i+8:i+8], x[i:i+8:i+8]
+			for l := range 8 {
+				acc[l] += f16ToF32(a[l]) * b[l]
+			}
+		}
+	}
+	return reduce8(&acc)
+}
+
+// reduce8 sums eight lanes in the order the assembly kernels use.
+func reduce8(a *[8]float32) float32 {
+	return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+// axpy computes y += alpha*x.
+func (ks kernelSet) axpy(alpha float32, x, y []float32) {
+	y = y[:len(x)]
+	i := 0
+	if ks.asm {
+		axpyAsm(alpha, x, y)
+		i = len(x) &^ 7
+	}
+	for ; i < len(x); i++ {
+		y[i] += alpha * x[i]
+	}
+}
 
 // dot returns sum(a[i]*b[i]) with four independent accumulators. Its summation
 // order depends only on len(a), so a row's result never depends on what else
@@ -35,43 +220,6 @@ func axpy(alpha float32, x, y []float32) {
 	}
 }
 
-// decodeRow writes row r of a bf16/f16 matrix into dst as float32.
-func decodeRow(w *model.Matrix, r int, dst []float32) {
-	src := w.U16[r*w.Cols : (r+1)*w.Cols]
-	dst = dst[:len(src)]
-	if w.DType == model.BF16 {
-		for j, h := range src {
-			dst[j] = math.Float32frombits(uint32(h) << 16)
-		}
-		return
-	}
-	for j, h := range src {
-		dst[j] = safetensors.F16ToF32(h)
-	}
-}
-
-// matmulRows computes out[n*outStride + r] = W[r]·x[n] (+ bias[r]) for weight
-// rows r in [r0, r1) and all n input rows. scratch holds one decoded row.
-func matmulRows(w *model.Matrix, bias []float32, x []float32, n int, out []float32, outStride, r0, r1 int, scratch []float32) {
-	in := w.Cols
-	for r := r0; r < r1; r++ {
-		var row []float32
-		if w.DType == model.F32 {
-			row = w.F32[r*in : (r+1)*in]
-		} else {
-			row = scratch[:in]
-			decodeRow(w, r, row)
-		}
-		var b float32
-		if bias != nil {
-			b = bias[r]
-		}
-		for t := 0; t < n; t++ {
-			out[t*outStride+r] = dot(row, x[t*in:(t+1)*in]) + b
-		}
-	}
-}
-
 // rmsNorm writes x·rsqrt(mean(x²)+eps)·w into dst (dst may alias x).
 func rmsNorm(dst, x, w []float32, eps float32) {
 	var ss float64
@@ -79,6 +227,8 @@ func rmsNorm(dst, x, w []float32, eps float32) {
 		ss += float64(v) * float64(v)
 	}
 	inv := float32(1 / math.Sqrt(ss/float64(len(x))+float64(eps)))
+	w = w[:len(x)]
+	dst = dst[:len(x)]
 	for i, v := range x {
 		dst[i] = v * inv * w[i]
 	}
@@ -94,7 +244,40 @@ func rope(x, cos, sin []float32) {
 	}
 }
 
-func silu(x float32) float32 { return x / (1 + float32(math.Exp(float64(-x)))) }
+// expf returns e**x in float32 to within 2 ulp (Cephes' expf polynomial),
+// 0 below -87.3 and +Inf above 88.
+func expf(x float32) float32 {
+	const (
+		log2e = 1.44269504088896341
+		ln2hi = 0.693359375
+		ln2lo = -2.12194440e-4
+		magic = 12582912 // 1.5·2²³: adding it rounds to an integer
+	)
+	if x > 88 {
+		return float32(math.Inf(1))
+	}
+	if !(x >= -87.3) { // also NaN
+		if x != x {
+			return x
+		}
+		return 0
+	}
+	t := float32(x*log2e) + magic
+	k := int32(math.Float32bits(t) - math.Float32bits(magic))
+	fk := float32(t - magic)
+	r := float32(x - float32(fk*ln2hi))
+	r = float32(r - float32(fk*ln2lo))
+	p := float32(1.9875691500e-4)
+	p = float32(p*r) + 1.3981999507e-3
+	p = float32(p*r) + 8.3334519073e-3
+	p = float32(p*r) + 4.1665795894e-2
+	p = float32(p*r) + 1.6666665459e-1
+	p = float32(p*r) + 5.0000001201e-1
+	y := float32(float32(p*float32(r*r))+r) + 1
+	return math.Float32frombits(uint32(int32(math.Float32bits(y)) + k<<23))
+}
+
+func silu(x float32) float32 { return x / (1 + expf(-x)) }
 
 func geluTanh(x float32) float32 {
 	const c = 0.7978845608028654 // sqrt(2/pi)
@@ -104,4 +287,70 @@ func geluTanh(x float32) float32 {
 
 func softcap(x, c float32) float32 {
 	return c * float32(math.Tanh(float64(x/c)))
+}
+
+// parallelDynamic runs fn over [0, n) in contiguous chunks of grain items,
+// claimed one at a time by the calling goroutine and up to workers-1 helpers,
+// so a late or slow worker never holds the others up; it runs inline when
+// there is a single chunk.
+func parallelDynamic(workers, n, grain int, fn func(lo, hi int)) {
+	grain = max(grain, 1)
+	chunks := (n + grain - 1) / grain
+	workers = min(workers, chunks)
+	if workers <= 1 {
+		if n > 0 {
+			fn(0, n)
+		}
+		return
+	}
+	var next atomic.Int64
+	work := func() {
+		for {
+			c := int(next.Add(1)) - 1
+			if c >= chunks {
+				return
+			}
+			lo := c * grain
+			fn(lo, min(lo+grain, n))
+		}
+	}
+	var wg sync.WaitGroup
+	for w := 1; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+}
+
+// ReadBandwidth measures this machine's memory read bandwidth in bytes per
+// second: threads goroutines each sum their share of a buffer of the given
+// size with vector loads; it returns the best of passes passes.
+func ReadBandwidth(size int64, threads, passes int) float64 {
+	threads = max(threads, 1)
+	buf := make([]float32, size/4)
+	for i := range buf {
+		buf[i] = 1
+	}
+	chunk := (len(buf) + threads - 1) / threads
+	best := 0.0
+	var sink atomic.Uint32
+	for range max(passes, 1) {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for lo := 0; lo < len(buf); lo += chunk {
+			part := buf[lo:min(lo+chunk, len(buf))]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sink.Add(math.Float32bits(sumLoad(part)))
+			}()
+		}
+		wg.Wait()
+		best = max(best, float64(len(buf)*4)/time.Since(start).Seconds())
+	}
+	return best
 }

@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sooserve/sooserve/engine"
+	"github.com/sooserve/sooserve/engine/cpu"
+	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/internal/synth"
+)
+
+// prefillTokens is the prompt length of the prefill measurement.
+const prefillTokens = 128
+
+// benchResult is the JSON line soo bench --json prints.
+type benchResult struct {
+	Model                  string  `json:"model"`
+	DType                  string  `json:"dtype"`
+	Batch                  int     `json:"batch"`
+	Vocab                  int     `json:"vocab"`
+	Params                 int64   `json:"params"`
+	Threads                int     `json:"threads"`
+	WeightBytes            int64   `json:"weight_bytes"`
+	DecodeTokensPerS       float64 `json:"decode_tokens_per_s"`
+	DecodeStepMS           float64 `json:"decode_step_ms"`
+	SingleDecodeTokensPerS float64 `json:"single_decode_tokens_per_s,omitempty"`
+	BatchSpeedup           float64 `json:"batch_speedup,omitempty"`
+	Prefill128S            float64 `json:"prefill_128_s"`
+	BandwidthGBs           float64 `json:"bandwidth_gb_s"`
+	BoundTokensPerS        float64 `json:"bandwidth_bound_tokens_per_s"`
+	BoundRatio             float64 `json:"bound_ratio"`
+	DecodeSteps            int     `json:"decode_steps"`
+	CPU                    string  `json:"cpu"`
+	GoVersion              string  `json:"go"`
+	Date                   string  `json:"date"`
+}
+
+func runBench(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	shape := fs.String("shape", "smollm2-135m", "synthetic model shape: "+strings.Join(synth.Shapes(), ", "))
+	dir := fs.String("model", "", "benchmark this Hugging Face checkpoint directory instead of a synthetic model")
+	dtypeS := fs.String("dtype", "", "weight dtype: f32, bf16 or f16 (default f32 for synthetic models, the stored dtype for --model)")
+	batch := fs.Int("batch", 1, "concurrent sequences decoding in one step")
+	vocab := fs.Int("vocab", 0, "override the synthetic model's vocabulary size")
+	tokens := fs.Int("tokens", 32, "decode steps to time")
+	threads := fs.Int("threads", 0, "kernel threads (0: GOMAXPROCS)")
+	seed := fs.Uint64("seed", 1, "random seed of the synthetic weights")
+	asJSON := fs.Bool("json", false, "print one JSON line")
+	bwMB := fs.Int("bw-mb", 512, "size in MB of the buffer the bandwidth measurement reads")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: soo bench [flags]\n\nTimes 128-token prefill and decoding (tokens per second for --batch sequences\nstepping together), and this machine's memory read bandwidth, which bounds decode.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	if *batch < 1 || *tokens < 1 {
+		return fmt.Errorf("--batch and --tokens must be positive")
+	}
+	var dt *model.DType
+	if *dtypeS != "" {
+		d, err := model.ParseDType(*dtypeS)
+		if err != nil {
+			return err
+		}
+		dt = &d
+	}
+	var m *model.Model
+	name := *shape
+	if *dir != "" {
+		if *vocab != 0 {
+			return fmt.Errorf("--vocab applies to synthetic models only")
+		}
+		var err error
+		if m, err = model.Load(*dir, model.LoadOptions{DType: dt}); err != nil {
+			return err
+		}
+		defer m.Close()
+		name = *dir
+	} else {
+		cfg, err := synth.Config(*shape)
+		if err != nil {
+			return err
+		}
+		if *vocab > 0 {
+			cfg.VocabSize = *vocab
+		}
+		d := model.F32
+		if dt != nil {
+			d = *dt
+		}
+		m = synth.FromConfig(cfg, d, *seed)
+	}
+	th := *threads
+	if th <= 0 {
+		th = runtime.GOMAXPROCS(0)
+	}
+	r, err := bench(m, th, *batch, *tokens, int64(*bwMB)<<20)
+	if err != nil {
+		return err
+	}
+	r.Model = name
+	if *asJSON {
+		b, _ := json.Marshal(r)
+		fmt.Fprintln(stdout, string(b))
+		return nil
+	}
+	fmt.Fprintf(stdout, "model      %s (%s, %.1fM params, vocab %d, %.0f MB of weights read per step)\n", r.Model, r.DType, float64(r.Params)/1e6, r.Vocab, float64(r.WeightBytes)/1e6)
+	fmt.Fprintf(stdout, "machine    %s, %d threads, read bandwidth %.1f GB/s\n", r.CPU, r.Threads, r.BandwidthGBs)
+	fmt.Fprintf(stdout, "prefill    %d tokens in %.3f s (%.0f tokens/s)\n", prefillTokens, r.Prefill128S, prefillTokens/r.Prefill128S)
+	fmt.Fprintf(stdout, "decode     %.1f tokens/s with batch %d (%.2f ms per step, median of %d)\n", r.DecodeTokensPerS, r.Batch, r.DecodeStepMS, r.DecodeSteps)
+	if r.Batch > 1 {
+		fmt.Fprintf(stdout, "           single sequence %.1f tokens/s: batch speedup %.2fx\n", r.SingleDecodeTokensPerS, r.BatchSpeedup)
+	}
+	fmt.Fprintf(stdout, "bound      %.1f tokens/s if every step only streamed the weights at the measured bandwidth: %.2f of bound\n", r.BoundTokensPerS, r.BoundRatio)
+	return nil
+}
+
+// bench measures m on this machine.
+func bench(m *model.Model, threads, batch, steps int, bwBytes int64) (*benchResult, error) {
+	cfg := m.Config
+	r := &benchResult{
+		DType: m.Layers[0].Proj[model.Q].W.DType.String(), Batch: batch, Vocab: cfg.VocabSize, Threads: threads,
+		WeightBytes: m.Bytes(), DecodeSteps: steps, CPU: cpuName(), GoVersion: runtime.Version(),
+		Date: time.Now().UTC().Format(time.RFC3339),
+	}
+	r.Params = int64(m.Embed.Rows) * int64(m.Embed.Cols)
+	for _, l := range m.Layers {
+		for _, p := range l.Proj {
+			r.Params += int64(p.W.Rows) * int64(p.W.Cols)
+		}
+	}
+	if m.LMHead != &m.Embed {
+		r.Params += int64(m.LMHead.Rows) * int64(m.LMHead.Cols)
+	}
+	r.BandwidthGBs = cpu.ReadBandwidth(bwBytes, threads, 5) / 1e9
+	runtime.GC()
+
+	ex := cpu.New(m, cpu.Options{Threads: threads})
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(1, 2))
+	prompt := func(n int) []int32 {
+		p := make([]int32, n)
+		for i := range p {
+			p[i] = int32(rng.IntN(cfg.VocabSize))
+		}
+		return p
+	}
+	// Prefill: the median of three fresh sequences, after a warm-up that
+	// touches every weight.
+	var pre []float64
+	for i := range 4 {
+		s := ex.NewSequence()
+		t0 := time.Now()
+		if _, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: prompt(prefillTokens)}}); err != nil {
+			return nil, err
+		}
+		if i > 0 {
+			pre = append(pre, time.Since(t0).Seconds())
+		}
+		s.Release()
+	}
+	r.Prefill128S = median(pre)
+
+	decode := func(batch int) (float64, error) {
+		seqs := make([]engine.Sequence, batch)
+		rows := make([]engine.Row, batch)
+		for i := range seqs {
+			seqs[i] = ex.NewSequence()
+			rows[i] = engine.Row{Seq: seqs[i], Tokens: prompt(8)}
+		}
+		defer func() {
+			for _, s := range seqs {
+				s.Release()
+			}
+		}()
+		out, err := ex.Forward(ctx, rows)
+		if err != nil {
+			return 0, err
+		}
+		var times []float64
+		for step := 0; step < steps+2; step++ {
+			for i := range rows {
+				rows[i].Tokens = []int32{argmax(out[i].Logits.Data)}
+			}
+			t0 := time.Now()
+			if out, err = ex.Forward(ctx, rows); err != nil {
+				return 0, err
+			}
+			if step >= 2 { // two warm-up steps
+				times = append(times, time.Since(t0).Seconds())
+			}
+		}
+		return median(times), nil
+	}
+	st, err := decode(batch)
+	if err != nil {
+		return nil, err
+	}
+	r.DecodeStepMS = st * 1e3
+	r.DecodeTokensPerS = float64(batch) / st
+	if batch > 1 {
+		s1, err := decode(1)
+		if err != nil {
+			return nil, err
+		}
+		r.SingleDecodeTokensPerS = 1 / s1
+		r.BatchSpeedup = r.DecodeTokensPerS / r.SingleDecodeTokensPerS
+	}
+	// One step streams every projection and the LM head once for all rows.
+	r.BoundTokensPerS = float64(batch) * r.BandwidthGBs * 1e9 / float64(r.WeightBytes)
+	r.BoundRatio = r.DecodeTokensPerS / r.BoundTokensPerS
+	return r, nil
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func argmax(v []float32) int32 {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return int32(best)
+}
+
+// cpuName returns the processor's model name from /proc/cpuinfo, or GOARCH.
+func cpuName() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				return strings.TrimSpace(v)
+			}
+		}
+	}
+	return runtime.GOARCH
+}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestBenchTinyJSON(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"bench", "--shape", "tiny", "--dtype", "bf16", "--batch", "2", "--tokens", "3", "--json", "--bw-mb", "4"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var r map[string]any
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %q", err, out.String())
+	}
+	for _, k := range []string{"decode_tokens_per_s", "prefill_128_s", "batch", "dtype", "weight_bytes", "bandwidth_gb_s", "bandwidth_bound_tokens_per_s", "bound_ratio"} {
+		if _, ok := r[k]; !ok {
+			t.Errorf("missing %s in %s", k, out.String())
+		}
+	}
+	if r["dtype"] != "bf16" || r["batch"] != 2.0 {
+		t.Errorf("dtype/batch = %v/%v", r["dtype"], r["batch"])
+	}
+}
+
+func TestBenchHumanAndErrors(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"bench", "--shape", "tiny", "--vocab", "100", "--tokens", "2", "--bw-mb", "4"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "vocab 100") || !strings.Contains(out.String(), "decode") {
+		t.Errorf("output: %s", out.String())
+	}
+	for _, args := range [][]string{{"nope"}, {"bench", "--shape", "nope"}, {"bench", "--dtype", "f8"}, {}} {
+		if code := run(args, &out, &errb); code == 0 {
+			t.Errorf("%v: exit 0", args)
+		}
+	}
+}

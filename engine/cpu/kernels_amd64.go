@@ -1,0 +1,46 @@
+//go:build amd64 && !purego
+
+package cpu
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
+
+//go:generate go run kernels_gen.go
+
+// cpuid1ECX returns ECX of CPUID leaf 1 (bit 29: F16C).
+func cpuid1ECX() uint32
+
+// haveAsm reports whether this CPU runs the AVX2/FMA/F16C kernels. It is
+// computed once at init and never changes.
+var haveAsm = cpu.X86.HasAVX2 && cpu.X86.HasFMA && cpuid1ECX()&(1<<29) != 0
+
+// tileAsm runs the generated T×R tile kernel for dtype dt (see tileTab).
+func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, sums *float32) {
+	tileTab[dt][T-1][R-1](w, ldw, x, ldx, k, sums)
+}
+
+// axpyAsm computes y[i] += a*x[i] for i < len(x)&^7 with FMA.
+func axpyAsm(a float32, x, y []float32) {
+	if n := len(x) &^ 7; n > 0 {
+		_ = y[n-1]
+		axpyAVX(a, &x[0], &y[0], n)
+	}
+}
+
+// sumLoad returns the sum of x (a load loop for bandwidth measurement).
+func sumLoad(x []float32) float32 {
+	n := len(x) &^ 31
+	var s float32
+	if haveAsm && n > 0 {
+		s = sumAVX(&x[0], n)
+	} else {
+		n = 0
+	}
+	for _, v := range x[n:] {
+		s += v
+	}
+	return s
+}

@@ -1,0 +1,34 @@
+//go:build !amd64 || purego
+
+package cpu
+
+import "unsafe"
+
+// haveAsm is false: this build has no assembly kernels.
+const haveAsm = false
+
+// tileAsm is never called when haveAsm is false.
+func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, sums *float32) {
+	panic("cpu: no assembly kernels in this build")
+}
+
+// axpyAsm is never called when haveAsm is false.
+func axpyAsm(a float32, x, y []float32) {
+	panic("cpu: no assembly kernels in this build")
+}
+
+// sumLoad returns the sum of x (a load loop for bandwidth measurement).
+func sumLoad(x []float32) float32 {
+	var a [8]float32
+	n := len(x) &^ 7
+	for i := 0; i < n; i += 8 {
+		for l := range 8 {
+			a[l] += x[i+l]
+		}
+	}
+	s := reduce8(&a)
+	for _, v := range x[n:] {
+		s += v
+	}
+	return s
+}

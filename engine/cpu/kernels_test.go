@@ -1,0 +1,212 @@
+package cpu
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/engine/safetensors"
+)
+
+// kernelSets returns the implementations this machine can run: always pure Go,
+// plus the assembly when the CPU has AVX2, FMA and F16C.
+func kernelSets(t testing.TB) map[string]kernelSet {
+	sets := map[string]kernelSet{"go": {asm: false}}
+	if haveAsm {
+		sets["asm"] = kernelSet{asm: true}
+	} else {
+		t.Log("no assembly kernels on this machine/build: testing pure Go only")
+	}
+	return sets
+}
+
+func randMatrix(rng *rand.Rand, dt model.DType, rows, cols int) *model.Matrix {
+	m := &model.Matrix{Rows: rows, Cols: cols, DType: dt}
+	f := make([]float32, rows*cols)
+	for i := range f {
+		f[i] = float32(rng.NormFloat64())
+	}
+	switch dt {
+	case model.F32:
+		m.F32 = f
+	case model.BF16:
+		m.U16 = make([]uint16, len(f))
+		for i, v := range f {
+			m.U16[i] = safetensors.F32ToBF16(v)
+		}
+	case model.F16:
+		m.U16 = make([]uint16, len(f))
+		for i, v := range f {
+			m.U16[i] = safetensors.F32ToF16(v)
+		}
+	}
+	return m
+}
+
+func randVec(rng *rand.Rand, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())
+	}
+	return v
+}
+
+var dtypes = []model.DType{model.F32, model.BF16, model.F16}
+
+// refGemm computes the products in float64 from the decoded weights.
+func refGemm(w *model.Matrix, bias, x []float32, n int) []float64 {
+	out := make([]float64, n*w.Rows)
+	row := make([]float32, w.Cols)
+	for r := 0; r < w.Rows; r++ {
+		w.RowF32(r, row)
+		for t := 0; t < n; t++ {
+			var s float64
+			for i, v := range row {
+				s += float64(v) * float64(x[t*w.Cols+i])
+			}
+			if bias != nil {
+				s += float64(bias[r])
+			}
+			out[t*w.Rows+r] = s
+		}
+	}
+	return out
+}
+
+// TestGemmMatchesReference checks every kernel set against float64 sums, and
+// the assembly against pure Go, over tile remainders and input tails.
+func TestGemmMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	sets := kernelSets(t)
+	for _, dt := range dtypes {
+		for _, shape := range [][3]int{{1, 8, 1}, {7, 13, 5}, {10, 64, 9}, {5, 3, 2}, {33, 100, 70}, {12, 576, 4}} {
+			rows, in, n := shape[0], shape[1], shape[2]
+			w := randMatrix(rng, dt, rows, in)
+			x := randVec(rng, n*in)
+			bias := randVec(rng, rows)
+			want := refGemm(w, bias, x, n)
+			got := map[string][]float32{}
+			for name, ks := range sets {
+				out := make([]float32, n*rows)
+				ks.gemm(matrixView(w), bias, x, in, n, in, out, rows, 0, rows)
+				got[name] = out
+				for i, v := range out {
+					if d := math.Abs(float64(v) - want[i]); d > 1e-5*math.Sqrt(float64(in))*4 {
+						t.Fatalf("%s %v %v: out[%d] = %g, want %g", name, dt, shape, i, v, want[i])
+					}
+				}
+			}
+			if a, ok := got["asm"]; ok {
+				for i := range a {
+					if d := math.Abs(float64(a[i] - got["go"][i])); d > 1e-5*math.Sqrt(float64(in)) {
+						t.Fatalf("%v %v: asm %g vs go %g", dt, shape, a[i], got["go"][i])
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestGemmBatchInvariant checks that an output element is bit-for-bit the same
+// whether its token is computed alone or in a batch, and whatever row range
+// (tile alignment) computes it, for every kernel set.
+func TestGemmBatchInvariant(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for name, ks := range kernelSets(t) {
+		for _, dt := range dtypes {
+			const rows, in, n = 17, 75, 131 // crosses tokBlock, tile remainders and an input tail
+			w := randMatrix(rng, dt, rows, in)
+			x := randVec(rng, n*in)
+			full := make([]float32, n*rows)
+			ks.gemm(matrixView(w), nil, x, in, n, in, full, rows, 0, rows)
+			for tok := 0; tok < n; tok += 7 {
+				alone := make([]float32, rows)
+				ks.gemm(matrixView(w), nil, x[tok*in:], in, 1, in, alone, rows, 0, rows)
+				if !slices.Equal(alone, full[tok*rows:(tok+1)*rows]) {
+					t.Fatalf("%s %v: token %d alone differs from batched", name, dt, tok)
+				}
+			}
+			// A different split of the rows (offset by one) gives the same bits.
+			part := make([]float32, n*rows)
+			ks.gemm(matrixView(w), nil, x, in, n, in, part, rows, 0, 1)
+			ks.gemm(matrixView(w), nil, x, in, n, in, part[1:], rows, 1, rows)
+			if !slices.Equal(part, full) {
+				t.Fatalf("%s %v: row split changes results", name, dt)
+			}
+		}
+	}
+}
+
+// TestMatmulThreads checks the threaded matmul against one thread, bit for bit.
+func TestMatmulThreads(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, dt := range dtypes {
+		w := randMatrix(rng, dt, 301, 96)
+		x := randVec(rng, 37*96)
+		a, b := make([]float32, 37*301), make([]float32, 37*301)
+		(&Executor{threads: 1}).matmul(w, nil, x, 37, a)
+		(&Executor{threads: 3}).matmul(w, nil, x, 37, b)
+		if !slices.Equal(a, b) {
+			t.Fatalf("%v: threads change results", dt)
+		}
+		one := make([]float32, 301)
+		(&Executor{threads: 2}).matmul(w, nil, x[36*96:], 1, one)
+		if !slices.Equal(one, a[36*301:]) {
+			t.Fatalf("%v: decode row differs from prefill row", dt)
+		}
+	}
+}
+
+func TestAxpy(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for name, ks := range kernelSets(t) {
+		for _, n := range []int{0, 1, 8, 13, 64, 67} {
+			x, y := randVec(rng, n), randVec(rng, n)
+			want := slices.Clone(y)
+			axpy(0.37, x, want)
+			ks.axpy(0.37, x, y)
+			for i := range y {
+				if math.Abs(float64(y[i]-want[i])) > 1e-6 {
+					t.Fatalf("%s n=%d: y[%d] = %g, want %g", name, n, i, y[i], want[i])
+				}
+			}
+		}
+	}
+}
+
+func TestExpf(t *testing.T) {
+	for x := float32(-87); x < 88; x += 0.0137 {
+		got, want := float64(expf(x)), math.Exp(float64(x))
+		if math.Abs(got-want) > 3e-7*want {
+			t.Fatalf("expf(%g) = %g, want %g", x, got, want)
+		}
+	}
+	if expf(-100) != 0 || !math.IsInf(float64(expf(100)), 1) || expf(0) != 1 {
+		t.Fatalf("expf edge cases: %g %g %g", expf(-100), expf(100), expf(0))
+	}
+	if v := expf(float32(math.NaN())); v == v {
+		t.Fatal("expf(NaN) is not NaN")
+	}
+	if s := silu(-200); s != 0 {
+		t.Fatalf("silu(-200) = %g", s)
+	}
+}
+
+func TestParallelDynamic(t *testing.T) {
+	for _, c := range [][3]int{{2, 0, 4}, {2, 1, 4}, {2, 100, 7}, {4, 1000, 1}, {1, 10, 3}} {
+		hits := make([]atomic.Int32, c[1])
+		parallelDynamic(c[0], c[1], c[2], func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				hits[i].Add(1)
+			}
+		})
+		for i := range hits {
+			if hits[i].Load() != 1 {
+				t.Fatalf("%v: index %d run %d times", c, i, hits[i].Load())
+			}
+		}
+	}
+}
