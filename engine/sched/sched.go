@@ -1,0 +1,577 @@
+// Package sched is continuous batching over an engine.Executor: a bounded
+// request queue, up to MaxBatch running sequences, and one loop that runs a
+// Forward step over all of them, samples each row's next token, decodes and
+// stop-matches its text and streams the result to the request's Stream.
+//
+// Sequences join and leave the running batch at token boundaries. A new
+// sequence's prompt is prefilled in the same Forward call as the other
+// sequences' decode rows (one row per sequence per step), in chunks of at
+// most PrefillChunk tokens, at most StepTokens tokens per step. Mixing
+// prefill and decode in one call keeps the executor busy with a single
+// batched pass per step (the weights are read once for all rows, which is
+// what bounds decode speed on the CPU), and chunking bounds how much a long
+// prompt delays the others' next token. Chunk boundaries are fixed multiples
+// of PrefillChunk from the start of each prompt, never a function of what
+// else is running, and the executor computes each row independently of the
+// batch, so a greedy request produces the same tokens whatever it shares its
+// steps with.
+package sched
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sooserve/sooserve/engine"
+	"github.com/sooserve/sooserve/engine/lora"
+	"github.com/sooserve/sooserve/engine/sample"
+)
+
+// Errors returned by Submit (possibly wrapped).
+var (
+	// ErrQueueFull means the queue holds MaxQueue requests already.
+	ErrQueueFull = errors.New("sched: queue full")
+	// ErrClosed means the scheduler is shutting down or closed.
+	ErrClosed = errors.New("sched: scheduler closed")
+	// ErrInvalid marks a request the scheduler cannot run as given.
+	ErrInvalid = errors.New("sched: invalid request")
+)
+
+// FinishReason says why a choice stopped.
+type FinishReason string
+
+// Finish reasons, as the OpenAI API names them.
+const (
+	FinishStop   FinishReason = "stop"   // an EOS token or a stop string
+	FinishLength FinishReason = "length" // max tokens or the context length
+)
+
+// TextDecoder turns a sequence's token ids into text incrementally
+// (tokenizer.StreamDecoder satisfies it).
+type TextDecoder interface {
+	Add(id int32) string
+	Flush() string
+}
+
+// Request is one generation request.
+type Request struct {
+	Prompt    []int32       // prompt token ids (at least one)
+	Adapter   *lora.Adapter // nil for the base model
+	Params    sample.Params // sampling; with a Seed, choice i uses Seed+i
+	MaxTokens int           // generated tokens per choice; <= 0 means up to the context length
+	Stop      []string      // stop strings, matched on the decoded text
+	EOS       []int32       // token ids that end a choice (not emitted as text)
+	N         int           // choices; <= 0 means 1
+	// Logprobs asks for each token's log-probability; TopLogprobs > 0 also
+	// asks for that many alternatives per token.
+	Logprobs    bool
+	TopLogprobs int
+}
+
+// Event is one step of one choice: a generated token with the text it
+// released, or (with Finish set) the end of the choice.
+type Event struct {
+	Index    int    // choice index
+	Token    int32  // the generated token; -1 on a final event without one
+	Text     string // text released by this event (may be empty)
+	Logprob  float32
+	Top      []sample.TokenLogprob // nil unless TopLogprobs > 0
+	Finish   FinishReason          // set on the choice's last event
+	Err      error                 // a failure that ended the choice
+	Elapsed  time.Duration         // since Submit
+	HasToken bool                  // Token, Logprob and Top are set
+}
+
+// Usage counts a request's tokens.
+type Usage struct {
+	PromptTokens     int
+	CompletionTokens int
+}
+
+// Options configures a Scheduler.
+type Options struct {
+	MaxBatch     int // running sequences; default 8
+	MaxQueue     int // waiting requests before ErrQueueFull; default 64
+	PrefillChunk int // prompt tokens per row per step; default 256
+	StepTokens   int // tokens per Forward step (prefill chunks + decode rows); default 1024
+	// MaxContext bounds prompt plus generated tokens; 0 means the model's
+	// max_position_embeddings.
+	MaxContext int
+	// NewDecoder returns a fresh text decoder for a choice; nil means no
+	// text (Event.Text stays empty and stop strings never match).
+	NewDecoder func() TextDecoder
+	// Observer, when set, is told about every step (for metrics).
+	Observer Observer
+	Logger   *slog.Logger
+}
+
+// Observer receives the scheduler's measurements.
+type Observer interface {
+	// Step reports a Forward step: its running sequences, tokens and duration.
+	Step(running, tokens int, d time.Duration)
+	// Queue reports the number of waiting requests after a change.
+	Queue(waiting int)
+}
+
+// Scheduler runs requests on an executor with continuous batching. Its
+// methods are safe for concurrent use.
+type Scheduler struct {
+	ex   engine.Executor
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	queue   []*seqState // waiting choices, in arrival order
+	queued  int         // requests (not choices) waiting
+	closing bool
+	wake    chan struct{}
+	stopped chan struct{}
+	cancel  context.CancelFunc
+	running int // sequences in the batch (read by Stats)
+}
+
+// Stream delivers a request's events. Recv returns io.EOF after every choice
+// has finished.
+type Stream struct {
+	mu       sync.Mutex
+	events   []Event
+	open     int // choices not yet finished
+	notify   chan struct{}
+	usage    Usage
+	start    time.Time
+	cancel   context.CancelFunc
+	released bool
+}
+
+// seqState is one choice being generated.
+type seqState struct {
+	st      *Stream
+	req     *Request
+	ctx     context.Context
+	index   int
+	seq     engine.Sequence
+	prompt  []int32
+	fed     int // prompt tokens already prefilled
+	last    int32
+	gen     int
+	sampler *sample.Sampler
+	dec     TextDecoder
+	stop    *sample.StopMatcher
+	max     int
+	done    bool
+	queued  bool
+}
+
+// New returns a scheduler over ex and starts its loop.
+func New(ex engine.Executor, opts Options) *Scheduler {
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 8
+	}
+	if opts.MaxQueue <= 0 {
+		opts.MaxQueue = 64
+	}
+	if opts.PrefillChunk <= 0 {
+		opts.PrefillChunk = 256
+	}
+	if opts.StepTokens <= 0 {
+		opts.StepTokens = 1024
+	}
+	opts.StepTokens = max(opts.StepTokens, opts.PrefillChunk+opts.MaxBatch)
+	if mp := ex.Config().MaxPositions; opts.MaxContext <= 0 || (mp > 0 && opts.MaxContext > mp) {
+		opts.MaxContext = mp
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Scheduler{ex: ex, opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), stopped: make(chan struct{}), cancel: cancel}
+	go s.loop(ctx)
+	return s
+}
+
+// MaxContext returns the longest prompt-plus-generation the scheduler runs.
+func (s *Scheduler) MaxContext() int { return s.opts.MaxContext }
+
+// Stats returns the number of running sequences and waiting requests.
+func (s *Scheduler) Stats() (running, waiting int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running, s.queued
+}
+
+// Submit queues req. The request runs until every choice finishes, ctx is
+// cancelled (its sequences leave the batch at the next token boundary) or the
+// scheduler closes. It fails with ErrQueueFull, ErrClosed or ErrInvalid.
+func (s *Scheduler) Submit(ctx context.Context, req Request) (*Stream, error) {
+	if len(req.Prompt) == 0 {
+		return nil, fmt.Errorf("%w: empty prompt", ErrInvalid)
+	}
+	if len(req.Prompt) >= s.opts.MaxContext {
+		return nil, fmt.Errorf("%w: prompt of %d tokens leaves no room in the context of %d", ErrInvalid, len(req.Prompt), s.opts.MaxContext)
+	}
+	if err := req.Params.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	n := max(req.N, 1)
+	if n > s.opts.MaxBatch*4 {
+		return nil, fmt.Errorf("%w: n=%d exceeds %d", ErrInvalid, n, s.opts.MaxBatch*4)
+	}
+	maxTok := s.opts.MaxContext - len(req.Prompt)
+	if req.MaxTokens > 0 {
+		maxTok = min(maxTok, req.MaxTokens)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("sched: submit: %w", err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	st := &Stream{open: n, notify: make(chan struct{}, 1), usage: Usage{PromptTokens: len(req.Prompt)}, start: time.Now(), cancel: cancel}
+	r := req
+	r.Prompt = append([]int32(nil), req.Prompt...)
+	seqs := make([]*seqState, n)
+	for i := range seqs {
+		p := r.Params
+		if p.Seed != nil {
+			sd := *p.Seed + uint64(i)
+			p.Seed = &sd
+		}
+		ss := &seqState{st: st, req: &r, ctx: rctx, index: i, prompt: r.Prompt, sampler: sample.New(p), stop: sample.NewStopMatcher(r.Stop), max: maxTok, queued: true}
+		if s.opts.NewDecoder != nil {
+			ss.dec = s.opts.NewDecoder()
+		}
+		seqs[i] = ss
+	}
+	s.mu.Lock()
+	switch {
+	case s.closing:
+		s.mu.Unlock()
+		cancel()
+		return nil, ErrClosed
+	case s.queued >= s.opts.MaxQueue:
+		s.mu.Unlock()
+		cancel()
+		return nil, ErrQueueFull
+	}
+	s.queue = append(s.queue, seqs...)
+	s.queued++
+	q := s.queued
+	s.mu.Unlock()
+	if o := s.opts.Observer; o != nil {
+		o.Queue(q)
+	}
+	// A cancelled request leaves the queue (or the batch) promptly.
+	context.AfterFunc(rctx, s.poke)
+	s.poke()
+	return st, nil
+}
+
+func (s *Scheduler) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close stops accepting requests and waits for queued and running ones to
+// finish; when ctx ends first, the rest are cancelled. It returns ctx's
+// error in that case.
+func (s *Scheduler) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.poke()
+	select {
+	case <-s.stopped:
+		return nil
+	case <-ctx.Done():
+		s.cancel()
+		<-s.stopped
+		return fmt.Errorf("sched: close: %w", ctx.Err())
+	}
+}
+
+// loop is the scheduler's only goroutine touching sequences.
+func (s *Scheduler) loop(ctx context.Context) {
+	defer close(s.stopped)
+	var batch []*seqState
+	for {
+		// Drop finished and cancelled sequences; admit waiting ones.
+		batch = s.sweep(batch, ctx)
+		s.mu.Lock()
+		var cancelled []*seqState
+		kept := s.queue[:0]
+		for _, ss := range s.queue {
+			switch {
+			case ss.ctx.Err() != nil || ctx.Err() != nil:
+				cancelled = append(cancelled, ss)
+			case len(batch) < s.opts.MaxBatch:
+				batch = append(batch, ss)
+			default:
+				kept = append(kept, ss)
+			}
+		}
+		clear(s.queue[len(kept):])
+		s.queue = kept
+		for _, ss := range append(cancelled, batch...) {
+			if ss.queued {
+				ss.queued = false
+				if ss.index == 0 {
+					s.queued--
+				}
+			}
+		}
+		s.running = len(batch)
+		q, closing := s.queued, s.closing
+		s.mu.Unlock()
+		for _, ss := range cancelled {
+			s.finish(ss, "", cancelErr(ss.ctx, ctx))
+		}
+		if o := s.opts.Observer; o != nil {
+			o.Queue(q)
+		}
+		if len(batch) == 0 {
+			if closing && q == 0 {
+				return
+			}
+			select {
+			case <-s.wake:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		s.step(ctx, batch)
+	}
+}
+
+func cancelErr(reqCtx, schedCtx context.Context) error {
+	if err := reqCtx.Err(); err != nil {
+		return fmt.Errorf("sched: request: %w", err)
+	}
+	return fmt.Errorf("sched: shutting down: %w", schedCtx.Err())
+}
+
+// sweep removes finished sequences and ends cancelled ones.
+func (s *Scheduler) sweep(batch []*seqState, schedCtx context.Context) []*seqState {
+	kept := batch[:0]
+	for _, ss := range batch {
+		if !ss.done && (ss.ctx.Err() != nil || schedCtx.Err() != nil) {
+			s.finish(ss, "", cancelErr(ss.ctx, schedCtx))
+		}
+		if !ss.done {
+			kept = append(kept, ss)
+		}
+	}
+	clear(batch[len(kept):])
+	return kept
+}
+
+// step runs one Forward call over the batch and handles its outputs.
+func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
+	rows := make([]engine.Row, 0, len(batch))
+	owners := make([]*seqState, 0, len(batch))
+	budget := s.opts.StepTokens
+	// Decode rows first: they cost one token each and are never delayed.
+	for _, ss := range batch {
+		if ss.fed == len(ss.prompt) {
+			rows = append(rows, engine.Row{Seq: ss.seq, Tokens: []int32{ss.last}, Adapter: ss.req.Adapter, Logits: engine.LogitsLast})
+			owners = append(owners, ss)
+			budget--
+		}
+	}
+	for _, ss := range batch {
+		if ss.fed == len(ss.prompt) {
+			continue
+		}
+		end := min(ss.fed+s.opts.PrefillChunk-ss.fed%s.opts.PrefillChunk, len(ss.prompt))
+		if end-ss.fed > budget && len(rows) > 0 {
+			continue // next step
+		}
+		if ss.seq == nil {
+			ss.seq = s.ex.NewSequence()
+		}
+		mode := engine.LogitsNone
+		if end == len(ss.prompt) {
+			mode = engine.LogitsLast
+		}
+		rows = append(rows, engine.Row{Seq: ss.seq, Tokens: ss.prompt[ss.fed:end], Adapter: ss.req.Adapter, Logits: mode})
+		owners = append(owners, ss)
+		budget -= end - ss.fed
+	}
+	tokens := 0
+	for _, r := range rows {
+		tokens += len(r.Tokens)
+	}
+	t0 := time.Now()
+	outs, err := s.ex.Forward(ctx, rows)
+	if o := s.opts.Observer; o != nil {
+		o.Step(len(batch), tokens, time.Since(t0))
+	}
+	if err != nil {
+		s.log.Error("forward step failed", "rows", len(rows), "err", err)
+		for _, ss := range owners {
+			s.finish(ss, "", fmt.Errorf("sched: forward: %w", err))
+		}
+		return
+	}
+	for i, ss := range owners {
+		if ss.fed < len(ss.prompt) {
+			ss.fed += len(rows[i].Tokens)
+			if ss.fed < len(ss.prompt) {
+				continue
+			}
+		}
+		s.advance(ss, outs[i].Logits.Row(0))
+	}
+}
+
+// advance samples ss's next token from logits and emits it.
+func (s *Scheduler) advance(ss *seqState, logits []float32) {
+	r := ss.req
+	ev := Event{Index: ss.index, HasToken: true}
+	var lp []float32
+	if r.Logprobs || r.TopLogprobs > 0 {
+		lp = sample.LogSoftmax(logits)
+	}
+	tok := ss.sampler.Sample(logits)
+	ss.last = tok
+	ss.gen++
+	ev.Token = tok
+	if lp != nil {
+		ev.Logprob = lp[tok]
+		if r.TopLogprobs > 0 {
+			ev.Top = sample.Top(lp, r.TopLogprobs)
+		}
+	}
+	ss.st.addCompletion(1)
+	for _, e := range r.EOS {
+		if tok == e {
+			ss.last = -1
+			s.finish(ss, FinishStop, nil)
+			return
+		}
+	}
+	var stopped bool
+	if ss.dec != nil {
+		ev.Text, stopped = ss.stop.Push(ss.dec.Add(tok))
+	}
+	if stopped {
+		ev.Finish = FinishStop
+		s.emitFinal(ss, ev)
+		return
+	}
+	if ss.gen >= ss.max || len(ss.prompt)+ss.gen >= s.opts.MaxContext {
+		ev.Finish = FinishLength
+		ev.Text += s.flushText(ss)
+		s.emitFinal(ss, ev)
+		return
+	}
+	ss.st.push(ev)
+}
+
+func (s *Scheduler) flushText(ss *seqState) string {
+	if ss.dec == nil {
+		return ""
+	}
+	out, stopped := ss.stop.Push(ss.dec.Flush())
+	if !stopped {
+		out += ss.stop.Flush()
+	}
+	return out
+}
+
+// finish ends ss with a final event that carries no token.
+func (s *Scheduler) finish(ss *seqState, reason FinishReason, err error) {
+	if ss.done {
+		return
+	}
+	ev := Event{Index: ss.index, Token: -1, Finish: reason, Err: err}
+	if err == nil {
+		ev.Text = s.flushText(ss)
+	}
+	s.emitFinal(ss, ev)
+}
+
+func (s *Scheduler) emitFinal(ss *seqState, ev Event) {
+	ss.done = true
+	if ss.seq != nil {
+		ss.seq.Release()
+		ss.seq = nil
+	}
+	if ev.Err != nil && ev.Finish == "" {
+		ev.Finish = FinishStop
+	}
+	ss.st.push(ev)
+	ss.st.closeOne()
+}
+
+func (st *Stream) push(ev Event) {
+	st.mu.Lock()
+	ev.Elapsed = time.Since(st.start)
+	st.events = append(st.events, ev)
+	st.mu.Unlock()
+	select {
+	case st.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (st *Stream) addCompletion(n int) {
+	st.mu.Lock()
+	st.usage.CompletionTokens += n
+	st.mu.Unlock()
+}
+
+func (st *Stream) closeOne() {
+	st.mu.Lock()
+	st.open--
+	if st.open == 0 && !st.released {
+		st.released = true
+		st.cancel()
+	}
+	st.mu.Unlock()
+	select {
+	case st.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Recv returns the next event, waiting for it; io.EOF once every choice has
+// finished and its events were read. Ending ctx makes Recv return ctx's
+// error (it does not cancel the request: cancel the ctx given to Submit).
+func (st *Stream) Recv(ctx context.Context) (Event, error) {
+	for {
+		st.mu.Lock()
+		if len(st.events) > 0 {
+			ev := st.events[0]
+			st.events[0] = Event{}
+			st.events = st.events[1:]
+			st.mu.Unlock()
+			return ev, nil
+		}
+		open := st.open
+		st.mu.Unlock()
+		if open == 0 {
+			return Event{}, io.EOF
+		}
+		select {
+		case <-st.notify:
+		case <-ctx.Done():
+			return Event{}, fmt.Errorf("sched: recv: %w", ctx.Err())
+		}
+	}
+}
+
+// Usage returns the prompt tokens and the tokens generated so far (over all
+// choices; a choice's EOS token counts).
+func (st *Stream) Usage() Usage {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.usage
+}
+
+// Cancel abandons the request: its sequences leave the batch at the next
+// token boundary.
+func (st *Stream) Cancel() { st.cancel() }
