@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -151,5 +152,43 @@ func TestMetrics(t *testing.T) {
 	}
 	if got, _ := rc.Store.Get(context.Background(), "q1"); got.Adapter != "a" {
 		t.Errorf("stored %+v", got)
+	}
+}
+
+// TestRingConcurrent exercises Add, Recent, Get and Subscribe together (run
+// with -race).
+func TestRingConcurrent(t *testing.T) {
+	ring := overlap.NewRing(16)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, _ := ring.Subscribe(ctx)
+	done := make(chan int)
+	go func() {
+		n := 0
+		for range ch {
+			n++
+		}
+		done <- n
+	}()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				id := fmt.Sprintf("w%d-%d", w, i)
+				ring.Add(ctx, rec(id))
+				ring.Get(ctx, id)
+				ring.Recent(ctx, 5)
+			}
+		}()
+	}
+	wg.Wait()
+	if got, _ := ring.Recent(ctx, 0); len(got) != 16 {
+		t.Errorf("kept %d", len(got))
+	}
+	cancel()
+	if n := <-done; uint64(n)+ring.Dropped() != 200 {
+		t.Errorf("delivered %d + dropped %d != 200", n, ring.Dropped())
 	}
 }

@@ -2,6 +2,7 @@ package overlap_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/sooserve/sooserve/overlap"
@@ -63,4 +64,26 @@ func TestSwapErrors(t *testing.T) {
 			t.Errorf("NewSwap(%q): %v lacks param swap", tc, err)
 		}
 	}
+}
+
+// FuzzSwap checks that Apply never panics, changes nothing when it reports
+// no replacement, and is the identity for an identity table.
+func FuzzSwap(f *testing.F) {
+	for _, s := range []string{"You and your yourself", "you're YOUR", "\xff you \xfe", "’you’", ""} {
+		f.Add(s)
+	}
+	sw, _ := overlap.NewSwap(overlap.DefaultSwap())
+	id, _ := overlap.NewSwap(map[string]string{"you": "you", "bob": "bob"})
+	f.Fuzz(func(t *testing.T, s string) {
+		out, n := sw.Apply(s)
+		if n == 0 && out != s {
+			t.Errorf("no replacement but %q -> %q", s, out)
+		}
+		if strings.Contains(strings.ToLower(out), "you") && n == 0 && strings.Contains(" "+strings.ToLower(s)+" ", " you ") {
+			t.Errorf("%q: a spaced 'you' was not replaced", s)
+		}
+		if got, _ := id.Apply(strings.ToLower(s)); got != strings.ToLower(s) {
+			t.Errorf("identity table changed %q to %q", strings.ToLower(s), got)
+		}
+	})
 }
