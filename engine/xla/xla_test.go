@@ -34,7 +34,7 @@ func loadCases(t *testing.T) []refCase {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(testdata, "reference", "cases.json"))
 	if err != nil {
-		t.Skipf("reference fixtures missing: %v", err)
+		t.Fatalf("reference fixtures: %v", err)
 	}
 	var cases []refCase
 	if err := json.Unmarshal(b, &cases); err != nil {
@@ -348,7 +348,7 @@ func TestBackendOption(t *testing.T) {
 func TestSOOLossGrad(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(testdata, "reference", "soo_grad.json"))
 	if err != nil {
-		t.Skipf("reference fixtures missing: %v", err)
+		t.Fatalf("reference fixtures: %v", err)
 	}
 	var ref struct {
 		Model    string  `json:"model"`
