@@ -84,43 +84,57 @@ func f16ToF32(h uint16) float32 { return safetensors.F16ToF32(h) }
 // gemm computes out[t*ldo + r-r0] = W[r]·x[t] (+ bias[r]) for tokens t < n
 // and weight rows r in [r0, r1), where x[t] = x[t*ldx : t*ldx+in].
 func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float32, ldo, r0, r1 int) {
+	if n == 0 || r0 >= r1 {
+		return
+	}
 	k8 := in &^ 7
-	var sums [tileT * tileR]float32
 	for tb := 0; tb < n; tb += tokBlock {
 		te := min(tb+tokBlock, n)
+		full, rem := (te-tb)/tileT, (te-tb)%tileT
 		for r := r0; r < r1; r += tileR {
 			R := min(tileR, r1-r)
-			for t := tb; t < te; t += tileT {
-				T := min(tileT, te-t)
-				ks.tile(&w, r, R, x, ldx, t, T, k8, &sums)
-				for tt := 0; tt < T; tt++ {
-					xt := x[(t+tt)*ldx : (t+tt)*ldx+in]
-					o := out[(t+tt)*ldo+r-r0 : (t+tt)*ldo+r-r0+R]
-					for rr := range o {
-						s := sums[tt*R+rr]
-						for i := k8; i < in; i++ {
-							s += w.at(r+rr, i) * xt[i]
-						}
-						if bias != nil {
-							s += bias[r+rr]
-						}
-						o[rr] = s
-					}
-				}
+			o := out[r-r0:]
+			if full > 0 {
+				ks.tile(&w, r, R, x, ldx, tb, tileT, full, k8, o, ldo)
 			}
+			if rem > 0 {
+				ks.tile(&w, r, R, x, ldx, tb+full*tileT, rem, 1, k8, o, ldo)
+			}
+		}
+	}
+	if k8 == in && bias == nil {
+		return
+	}
+	// The last in%8 products, one by one, then the bias.
+	for t := 0; t < n; t++ {
+		xt := x[t*ldx : t*ldx+in]
+		o := out[t*ldo : t*ldo+r1-r0]
+		for j := range o {
+			s := o[j]
+			for i := k8; i < in; i++ {
+				s += w.at(r0+j, i) * xt[i]
+			}
+			if bias != nil {
+				s += bias[r0+j]
+			}
+			o[j] = s
 		}
 	}
 }
 
-// tile writes sums[tt*R+rr] = the 8-lane dot product of the first k8
-// elements of weight row r+rr and token t+tt.
-func (ks kernelSet) tile(w *wmat, r, R int, x []float32, ldx, t, T, k8 int, sums *[tileT * tileR]float32) {
+// tile writes out[tt*ldo+rr] = the 8-lane dot product of the first k8
+// elements of weight row r+rr and token t+tt, for rr < R and tt < T*nt.
+func (ks kernelSet) tile(w *wmat, r, R int, x []float32, ldx, t, T, nt, k8 int, out []float32, ldo int) {
+	nT := T * nt
 	if k8 == 0 {
-		clear(sums[:])
+		for tt := 0; tt < nT; tt++ {
+			clear(out[(t+tt)*ldo : (t+tt)*ldo+R])
+		}
 		return
 	}
 	if ks.asm {
-		_ = x[(t+T-1)*ldx+k8-1] // bounds
+		_ = x[(t+nT-1)*ldx+k8-1] // bounds
+		_ = out[(t+nT-1)*ldo+R-1]
 		var p unsafe.Pointer
 		if w.dt == dtF32 {
 			_ = w.f32[(r+R-1)*w.ld+k8-1]
@@ -129,13 +143,14 @@ func (ks kernelSet) tile(w *wmat, r, R int, x []float32, ldx, t, T, k8 int, sums
 			_ = w.u16[(r+R-1)*w.ld+k8-1]
 			p = unsafe.Pointer(&w.u16[r*w.ld])
 		}
-		tileAsm(w.dt, T, R, p, w.ld, &x[t*ldx], ldx, k8, &sums[0])
+		tileAsm(w.dt, T, R, p, w.ld, &x[t*ldx], ldx, k8, &out[t*ldo], ldo, nt)
 		return
 	}
-	for tt := 0; tt < T; tt++ {
+	for tt := 0; tt < nT; tt++ {
 		xt := x[(t+tt)*ldx : (t+tt)*ldx+k8]
-		for rr := 0; rr < R; rr++ {
-			sums[tt*R+rr] = dot8Go(w, r+rr, xt)
+		o := out[(t+tt)*ldo : (t+tt)*ldo+R]
+		for rr := range o {
+			o[rr] = dot8Go(w, r+rr, xt)
 		}
 	}
 }

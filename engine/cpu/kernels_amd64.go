@@ -17,9 +17,9 @@ func cpuid1ECX() uint32
 // computed once at init and never changes.
 var haveAsm = cpu.X86.HasAVX2 && cpu.X86.HasFMA && cpuid1ECX()&(1<<29) != 0
 
-// tileAsm runs the generated T×R tile kernel for dtype dt (see tileTab).
-func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, sums *float32) {
-	tileTab[dt][T-1][R-1](w, ldw, x, ldx, k, sums)
+// tileAsm runs nt tiles of the generated T×R kernel for dtype dt (see tileTab).
+func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, out *float32, ldo, nt int) {
+	tileTab[dt][T-1][R-1](w, ldw, x, ldx, k, out, ldo, nt)
 }
 
 // axpyAsm computes y[i] += a*x[i] for i < len(x)&^7 with FMA.

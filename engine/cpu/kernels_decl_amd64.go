@@ -6,437 +6,437 @@ package cpu
 
 import "unsafe"
 
-// tileF32T1R1 computes, for t < 1 and r < 1 and with w pointing at float32
-// elements,
+// tileF32T1R1 computes nt tiles of 1 tokens × 1 weight rows, with w pointing
+// at float32 elements: for t < 1*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T1R2 computes, for t < 1 and r < 2 and with w pointing at float32
-// elements,
+// tileF32T1R2 computes nt tiles of 1 tokens × 2 weight rows, with w pointing
+// at float32 elements: for t < 1*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T1R3 computes, for t < 1 and r < 3 and with w pointing at float32
-// elements,
+// tileF32T1R3 computes nt tiles of 1 tokens × 3 weight rows, with w pointing
+// at float32 elements: for t < 1*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T2R1 computes, for t < 2 and r < 1 and with w pointing at float32
-// elements,
+// tileF32T2R1 computes nt tiles of 2 tokens × 1 weight rows, with w pointing
+// at float32 elements: for t < 2*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T2R2 computes, for t < 2 and r < 2 and with w pointing at float32
-// elements,
+// tileF32T2R2 computes nt tiles of 2 tokens × 2 weight rows, with w pointing
+// at float32 elements: for t < 2*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T2R3 computes, for t < 2 and r < 3 and with w pointing at float32
-// elements,
+// tileF32T2R3 computes nt tiles of 2 tokens × 3 weight rows, with w pointing
+// at float32 elements: for t < 2*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T3R1 computes, for t < 3 and r < 1 and with w pointing at float32
-// elements,
+// tileF32T3R1 computes nt tiles of 3 tokens × 1 weight rows, with w pointing
+// at float32 elements: for t < 3*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T3R2 computes, for t < 3 and r < 2 and with w pointing at float32
-// elements,
+// tileF32T3R2 computes nt tiles of 3 tokens × 2 weight rows, with w pointing
+// at float32 elements: for t < 3*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T3R3 computes, for t < 3 and r < 3 and with w pointing at float32
-// elements,
+// tileF32T3R3 computes nt tiles of 3 tokens × 3 weight rows, with w pointing
+// at float32 elements: for t < 3*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T4R1 computes, for t < 4 and r < 1 and with w pointing at float32
-// elements,
+// tileF32T4R1 computes nt tiles of 4 tokens × 1 weight rows, with w pointing
+// at float32 elements: for t < 4*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T4R2 computes, for t < 4 and r < 2 and with w pointing at float32
-// elements,
+// tileF32T4R2 computes nt tiles of 4 tokens × 2 weight rows, with w pointing
+// at float32 elements: for t < 4*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF32T4R3 computes, for t < 4 and r < 3 and with w pointing at float32
-// elements,
+// tileF32T4R3 computes nt tiles of 4 tokens × 3 weight rows, with w pointing
+// at float32 elements: for t < 4*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF32T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T1R1 computes, for t < 1 and r < 1 and with w pointing at uint16
-// elements,
+// tileBF16T1R1 computes nt tiles of 1 tokens × 1 weight rows, with w pointing
+// at uint16 elements: for t < 1*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T1R2 computes, for t < 1 and r < 2 and with w pointing at uint16
-// elements,
+// tileBF16T1R2 computes nt tiles of 1 tokens × 2 weight rows, with w pointing
+// at uint16 elements: for t < 1*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T1R3 computes, for t < 1 and r < 3 and with w pointing at uint16
-// elements,
+// tileBF16T1R3 computes nt tiles of 1 tokens × 3 weight rows, with w pointing
+// at uint16 elements: for t < 1*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T2R1 computes, for t < 2 and r < 1 and with w pointing at uint16
-// elements,
+// tileBF16T2R1 computes nt tiles of 2 tokens × 1 weight rows, with w pointing
+// at uint16 elements: for t < 2*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T2R2 computes, for t < 2 and r < 2 and with w pointing at uint16
-// elements,
+// tileBF16T2R2 computes nt tiles of 2 tokens × 2 weight rows, with w pointing
+// at uint16 elements: for t < 2*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T2R3 computes, for t < 2 and r < 3 and with w pointing at uint16
-// elements,
+// tileBF16T2R3 computes nt tiles of 2 tokens × 3 weight rows, with w pointing
+// at uint16 elements: for t < 2*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T3R1 computes, for t < 3 and r < 1 and with w pointing at uint16
-// elements,
+// tileBF16T3R1 computes nt tiles of 3 tokens × 1 weight rows, with w pointing
+// at uint16 elements: for t < 3*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T3R2 computes, for t < 3 and r < 2 and with w pointing at uint16
-// elements,
+// tileBF16T3R2 computes nt tiles of 3 tokens × 2 weight rows, with w pointing
+// at uint16 elements: for t < 3*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T3R3 computes, for t < 3 and r < 3 and with w pointing at uint16
-// elements,
+// tileBF16T3R3 computes nt tiles of 3 tokens × 3 weight rows, with w pointing
+// at uint16 elements: for t < 3*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T4R1 computes, for t < 4 and r < 1 and with w pointing at uint16
-// elements,
+// tileBF16T4R1 computes nt tiles of 4 tokens × 1 weight rows, with w pointing
+// at uint16 elements: for t < 4*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T4R2 computes, for t < 4 and r < 2 and with w pointing at uint16
-// elements,
+// tileBF16T4R2 computes nt tiles of 4 tokens × 2 weight rows, with w pointing
+// at uint16 elements: for t < 4*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileBF16T4R3 computes, for t < 4 and r < 3 and with w pointing at uint16
-// elements,
+// tileBF16T4R3 computes nt tiles of 4 tokens × 3 weight rows, with w pointing
+// at uint16 elements: for t < 4*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileBF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T1R1 computes, for t < 1 and r < 1 and with w pointing at uint16
-// elements,
+// tileF16T1R1 computes nt tiles of 1 tokens × 1 weight rows, with w pointing
+// at uint16 elements: for t < 1*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T1R2 computes, for t < 1 and r < 2 and with w pointing at uint16
-// elements,
+// tileF16T1R2 computes nt tiles of 1 tokens × 2 weight rows, with w pointing
+// at uint16 elements: for t < 1*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T1R3 computes, for t < 1 and r < 3 and with w pointing at uint16
-// elements,
+// tileF16T1R3 computes nt tiles of 1 tokens × 3 weight rows, with w pointing
+// at uint16 elements: for t < 1*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T2R1 computes, for t < 2 and r < 1 and with w pointing at uint16
-// elements,
+// tileF16T2R1 computes nt tiles of 2 tokens × 1 weight rows, with w pointing
+// at uint16 elements: for t < 2*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T2R2 computes, for t < 2 and r < 2 and with w pointing at uint16
-// elements,
+// tileF16T2R2 computes nt tiles of 2 tokens × 2 weight rows, with w pointing
+// at uint16 elements: for t < 2*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T2R3 computes, for t < 2 and r < 3 and with w pointing at uint16
-// elements,
+// tileF16T2R3 computes nt tiles of 2 tokens × 3 weight rows, with w pointing
+// at uint16 elements: for t < 2*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T3R1 computes, for t < 3 and r < 1 and with w pointing at uint16
-// elements,
+// tileF16T3R1 computes nt tiles of 3 tokens × 1 weight rows, with w pointing
+// at uint16 elements: for t < 3*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T3R2 computes, for t < 3 and r < 2 and with w pointing at uint16
-// elements,
+// tileF16T3R2 computes nt tiles of 3 tokens × 2 weight rows, with w pointing
+// at uint16 elements: for t < 3*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T3R3 computes, for t < 3 and r < 3 and with w pointing at uint16
-// elements,
+// tileF16T3R3 computes nt tiles of 3 tokens × 3 weight rows, with w pointing
+// at uint16 elements: for t < 3*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T4R1 computes, for t < 4 and r < 1 and with w pointing at uint16
-// elements,
+// tileF16T4R1 computes nt tiles of 4 tokens × 1 weight rows, with w pointing
+// at uint16 elements: for t < 4*nt and r < 1,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*1+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T4R2 computes, for t < 4 and r < 2 and with w pointing at uint16
-// elements,
+// tileF16T4R2 computes nt tiles of 4 tokens × 2 weight rows, with w pointing
+// at uint16 elements: for t < 4*nt and r < 2,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*2+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// tileF16T4R3 computes, for t < 4 and r < 3 and with w pointing at uint16
-// elements,
+// tileF16T4R3 computes nt tiles of 4 tokens × 3 weight rows, with w pointing
+// at uint16 elements: for t < 4*nt and r < 3,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	sums[t*3+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func tileF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
 // axpyAVX computes
 //
@@ -459,7 +459,7 @@ func axpyAVX(a float32, x, y *float32, n int)
 func sumAVX(x *float32, n int) float32
 
 // tileTab holds the tile kernels, indexed [dtype][T-1][R-1].
-var tileTab = [3][4][3]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32){
+var tileTab = [3][4][3]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int){
 	{{tileF32T1R1, tileF32T1R2, tileF32T1R3},
 		{tileF32T2R1, tileF32T2R2, tileF32T2R3},
 		{tileF32T3R1, tileF32T3R2, tileF32T3R3},

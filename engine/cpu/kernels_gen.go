@@ -39,7 +39,7 @@ func main() {
 	}
 	axpy(&s, &g)
 	sum(&s, &g)
-	fmt.Fprintf(&g, "// tileTab holds the tile kernels, indexed [dtype][T-1][R-1].\nvar tileTab = [3][%d][%d]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32){\n", maxT, maxR)
+	fmt.Fprintf(&g, "// tileTab holds the tile kernels, indexed [dtype][T-1][R-1].\nvar tileTab = [3][%d][%d]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int){\n", maxT, maxR)
 	for _, d := range dtypes {
 		fmt.Fprintf(&g, "{")
 		for T := 1; T <= maxT; T++ {
@@ -78,21 +78,21 @@ func tile(s, g *bytes.Buffer, d dtype, T, R int) {
 		"BF16": "math.Float32frombits(uint32(w[r*ldw+i]) << 16)",
 		"F16":  "f16ToF32(w[r*ldw+i])",
 	}[d.name]
-	fmt.Fprintf(g, `// %s computes, for t < %d and r < %d and with w pointing at %s
-// elements,
+	fmt.Fprintf(g, `// %s computes nt tiles of %d tokens × %d weight rows, with w pointing
+// at %s elements: for t < %d*nt and r < %d,
 //
 //	var acc [8]float32
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%%8] = fma(%s, x[t*ldx+i], acc[i%%8])
 //	}
-//	sums[t*%d+r] = reduce8(acc)
+//	out[t*ldo+r] = reduce8(&acc)
 //
 //go:noescape
-func %s(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
+func %s(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-`, name, T, R, d.gotyp, conv, R, name)
-	fmt.Fprintf(s, "\n// func %s(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)\n", name)
-	fmt.Fprintf(s, "TEXT ·%s(SB), NOSPLIT, $0-48\n", name)
+`, name, T, R, d.gotyp, T, R, conv, name)
+	fmt.Fprintf(s, "\n// func %s(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)\n", name)
+	fmt.Fprintf(s, "TEXT ·%s(SB), NOSPLIT, $0-64\n", name)
 	fmt.Fprintf(s, "\tMOVQ w+0(FP), SI\n\tMOVQ ldw+8(FP), BX\n")
 	shift := map[int]int{4: 2, 2: 1}[d.esize]
 	fmt.Fprintf(s, "\tSHLQ $%d, BX\n", shift)
@@ -100,6 +100,8 @@ func %s(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
 		fmt.Fprintf(s, "\tLEAQ (%s)(BX*1), %s\n", rowRegs[r-1], rowRegs[r])
 	}
 	fmt.Fprintf(s, "\tMOVQ x+16(FP), DI\n\tMOVQ ldx+24(FP), DX\n\tSHLQ $2, DX\n")
+	fmt.Fprintf(s, "\tMOVQ out+40(FP), R14\n\tMOVQ nt+56(FP), R13\n")
+	fmt.Fprintf(s, "%s_outer:\n", name)
 	for t := 1; t < T; t++ {
 		fmt.Fprintf(s, "\tLEAQ (%s)(DX*1), %s\n", tokRegs[t-1], tokRegs[t])
 	}
@@ -131,15 +133,17 @@ func %s(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, sums *float32)
 		}
 	}
 	fmt.Fprintf(s, "\tADDQ $32, AX\n\tADDQ $%d, BX\n\tDECQ CX\n\tJNZ %s_loop\n", 8*d.esize, name)
-	fmt.Fprintf(s, "%s_reduce:\n\tMOVQ sums+40(FP), DX\n", name)
+	fmt.Fprintf(s, "%s_reduce:\n\tMOVQ ldo+48(FP), BX\n\tSHLQ $2, BX\n\tMOVQ R14, AX\n", name)
 	for t := 0; t < T; t++ {
 		for r := 0; r < R; r++ {
 			i := t*R + r
 			x := fmt.Sprintf("X%d", i)
-			fmt.Fprintf(s, "\tVEXTRACTF128 $1, Y%d, X15\n\tVADDPS X15, %s, %s\n\tVMOVHLPS %s, %s, X15\n\tVADDPS X15, %s, %s\n\tVMOVSHDUP %s, X15\n\tVADDSS X15, %s, %s\n\tVMOVSS %s, %d(DX)\n",
-				i, x, x, x, x, x, x, x, x, x, x, 4*i)
+			fmt.Fprintf(s, "\tVEXTRACTF128 $1, Y%d, X15\n\tVADDPS X15, %s, %s\n\tVMOVHLPS %s, %s, X15\n\tVADDPS X15, %s, %s\n\tVMOVSHDUP %s, X15\n\tVADDSS X15, %s, %s\n\tVMOVSS %s, %d(AX)\n",
+				i, x, x, x, x, x, x, x, x, x, x, 4*r)
 		}
+		fmt.Fprintf(s, "\tADDQ BX, AX\n\tADDQ DX, DI\n")
 	}
+	fmt.Fprintf(s, "\tMOVQ AX, R14\n\tDECQ R13\n\tJNZ %s_outer\n", name)
 	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
 }
 

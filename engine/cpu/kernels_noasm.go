@@ -8,7 +8,7 @@ import "unsafe"
 const haveAsm = false
 
 // tileAsm is never called when haveAsm is false.
-func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, sums *float32) {
+func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, out *float32, ldo, nt int) {
 	panic("cpu: no assembly kernels in this build")
 }
 
