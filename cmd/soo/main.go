@@ -4,6 +4,7 @@
 //
 //	soo bench [flags]   benchmark the native executor (see soo bench -h)
 //	soo overlap [flags] latent self/other overlap by layer (see soo overlap -h)
+//	soo train [flags]   SOO fine-tuning of a LoRA adapter (see soo train -h)
 package main
 
 import (
@@ -23,6 +24,7 @@ var commands = map[string]command{
 	"bench":   {"benchmark decode and prefill on a synthetic or real model", runBench},
 	"overlap": {"latent self/other overlap (PAPER §7 probe) by layer, for a model and its adapters", runOverlap},
 	"rl":      {"RL experiment (PAPER §8): train, soo-finetune, eval MADDPG agents", runRL},
+	"train":   {"SOO fine-tuning: train a LoRA adapter on self/other pairs (PAPER §1-3)", runTrain},
 }
 
 func main() {
