@@ -34,6 +34,7 @@ type Executor struct {
 	threads int
 	maxCtx  int
 	invFreq []float64
+	wT      *transposeCache // transposed weights for the training backward pass, built on first use
 }
 
 // New returns an executor for m.
@@ -46,7 +47,8 @@ func New(m *model.Model, opts Options) *Executor {
 	if mc <= 0 || mc > m.Config.MaxPositions {
 		mc = m.Config.MaxPositions
 	}
-	return &Executor{m: m, cfg: m.Config, threads: t, maxCtx: mc, invFreq: m.Config.RopeInvFreq()}
+	return &Executor{m: m, cfg: m.Config, threads: t, maxCtx: mc, invFreq: m.Config.RopeInvFreq(),
+		wT: &transposeCache{m: make([][model.NumModules]*model.Matrix, m.Config.Layers)}}
 }
 
 // Config returns the model's configuration.

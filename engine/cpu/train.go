@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync"
 
 	"github.com/sooserve/sooserve/engine"
 	"github.com/sooserve/sooserve/engine/lora"
@@ -234,8 +235,7 @@ func (tp *Tape) projFwd(l int, mod model.Module, x []float32, out []float32, lt 
 func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, lt *layerTape, grad *lora.Adapter) {
 	e := tp.e
 	N := tp.segs[len(tp.segs)-1]
-	w := &e.m.Layers[l].Proj[mod].W
-	e.matmulBwd(w, dy, N, dx)
+	e.matmulBwd(l, mod, dy, N, dx)
 	p := tp.a.Get(l, mod)
 	if p == nil {
 		return
@@ -283,26 +283,40 @@ func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, lt *layerTape
 	}
 }
 
-// matmulBwd accumulates dx[n, W.Cols] += dy[n, W.Rows]·W, splitting tokens across threads.
-func (e *Executor) matmulBwd(w *model.Matrix, dy []float32, n int, dx []float32) {
-	in, out := w.Cols, w.Rows
-	parallel(e.threads, n, 4, func(t0, t1 int) {
-		row := make([]float32, in)
-		for o := 0; o < out; o++ {
-			var wr []float32
-			if w.DType == model.F32 {
-				wr = w.F32[o*in : (o+1)*in]
-			} else {
-				w.RowF32(o, row)
-				wr = row
-			}
-			for t := t0; t < t1; t++ {
-				if g := dy[t*out+o]; g != 0 {
-					addScaled(g, wr, dx[t*in:(t+1)*in])
-				}
-			}
+// matmulBwd accumulates dx[n, W.Cols] += dy[n, W.Rows]·W. It runs the
+// forward kernels over Wᵀ, which is built once per weight and kept (training
+// trades that memory for backward passes as fast as forward ones).
+func (e *Executor) matmulBwd(l int, mod model.Module, dy []float32, n int, dx []float32) {
+	wt := e.wT.get(&e.m.Layers[l].Proj[mod].W, l, mod)
+	tmp := make([]float32, n*wt.Rows)
+	e.matmul(wt, nil, dy, n, tmp)
+	for i, v := range tmp {
+		dx[i] += v
+	}
+}
+
+// transposeCache holds f32 transposes of weight matrices, per (layer, module).
+type transposeCache struct {
+	mu sync.Mutex
+	m  [][model.NumModules]*model.Matrix
+}
+
+func (c *transposeCache) get(w *model.Matrix, l int, mod model.Module) *model.Matrix {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t := c.m[l][mod]; t != nil {
+		return t
+	}
+	t := &model.Matrix{Rows: w.Cols, Cols: w.Rows, DType: model.F32, F32: make([]float32, w.Rows*w.Cols)}
+	row := make([]float32, w.Cols)
+	for o := 0; o < w.Rows; o++ {
+		w.RowF32(o, row)
+		for i, v := range row {
+			t.F32[i*w.Rows+o] = v
 		}
-	})
+	}
+	c.m[l][mod] = t
+	return t
 }
 
 func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probLen int) []float32 {
