@@ -55,6 +55,7 @@ type trainFlags struct {
 	episodes, epLen, batch, buffer, spu, explEp int
 	noiseInit, noiseFinal, lr                   float64
 	checkpointEvery                             int
+	regPreTanh                                  bool
 }
 
 func (t *trainFlags) register(fs *flag.FlagSet, episodes int) {
@@ -69,6 +70,7 @@ func (t *trainFlags) register(fs *flag.FlagSet, episodes int) {
 	fs.Float64Var(&t.noiseFinal, "noise-final", 0, "final OU noise scale")
 	fs.Float64Var(&t.lr, "lr", 0.01, "Adam learning rate (policy and critic)")
 	fs.IntVar(&t.checkpointEvery, "checkpoint-every", 500, "also save the checkpoint every N episodes (0: only at the end)")
+	fs.BoolVar(&t.regPreTanh, "reg-pre-tanh", true, "apply the 1e-3 policy L2 penalty before tanh (false: on the action, as MADDPG-PyTorch; see RESULTS.md)")
 }
 
 func (t *trainFlags) config(v env.Variant) maddpg.Config {
@@ -80,6 +82,7 @@ func (t *trainFlags) config(v env.Variant) maddpg.Config {
 	}
 	c.NoiseInit, c.NoiseFinal = t.noiseInit, t.noiseFinal
 	c.Hyper.LR = t.lr
+	c.Hyper.RegPreTanh = t.regPreTanh
 	return c
 }
 
@@ -248,6 +251,9 @@ func runFinetune(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	cfg.Hyper = base.Config.Hyper
 	if set["lr"] {
 		cfg.Hyper.LR = tf.lr
+	}
+	if set["reg-pre-tanh"] {
+		cfg.Hyper.RegPreTanh = tf.regPreTanh
 	}
 	if !set["seed"] {
 		cfg.Seed = base.Config.Seed + 1_000_003 // a fresh stream, still tied to the baseline

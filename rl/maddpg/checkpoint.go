@@ -89,7 +89,7 @@ func Load(path string) (*Run, map[string]string, error) {
 		return nil, nil, fmt.Errorf("maddpg: checkpoint %s has version %d, want %d", path, ck.Version, checkpointVersion)
 	}
 	h := ck.Config.Hyper
-	m := &MADDPG{Gamma: h.Gamma, Tau: h.Tau, ClipNorm: h.ClipNorm, PolicyReg: h.PolicyReg}
+	m := &MADDPG{Gamma: h.Gamma, Tau: h.Tau, ClipNorm: h.ClipNorm, PolicyReg: h.PolicyReg, RegPreTanh: h.RegPreTanh}
 	for _, a := range ck.Agents {
 		ag := &Agent{ObsDim: a.ObsDim, ActDim: a.ActDim, Policy: a.Policy, Critic: a.Critic, TargetPolicy: a.TargetPolicy, TargetCritic: a.TargetCritic}
 		if ag.Policy != nil && ag.Critic != nil {

@@ -31,13 +31,20 @@ type MADDPG struct {
 	Tau       float64
 	ClipNorm  float64
 	PolicyReg float64 // weight of mean(action²) in the policy loss
-	critIn    int
+	// RegPreTanh applies PolicyReg to the pre-tanh output z instead of the
+	// action tanh(z) (as OpenAI's MADDPG regularises the raw policy output).
+	// MADDPG-PyTorch penalises the action; that penalty vanishes once tanh
+	// saturates, and in short runs here the blue policy then stays stuck
+	// at a corner action (see RESULTS.md).
+	RegPreTanh bool
+	critIn     int
 }
 
 // Hyper are the optimisation settings of New.
 type Hyper struct {
 	LR, Gamma, Tau, ClipNorm, PolicyReg float64
 	Hidden                              int
+	RegPreTanh                          bool // see MADDPG.RegPreTanh
 }
 
 // DefaultHyper returns PAPER.md §8.2's settings: lr 0.01, γ 0.95, τ 0.01,
@@ -49,7 +56,7 @@ func DefaultHyper() Hyper {
 // New creates agents with the given observation sizes and a common action
 // size; targets start as copies of the online networks.
 func New(obsDims []int, actDim int, h Hyper, rng *rand.Rand) *MADDPG {
-	m := &MADDPG{Gamma: h.Gamma, Tau: h.Tau, ClipNorm: h.ClipNorm, PolicyReg: h.PolicyReg}
+	m := &MADDPG{Gamma: h.Gamma, Tau: h.Tau, ClipNorm: h.ClipNorm, PolicyReg: h.PolicyReg, RegPreTanh: h.RegPreTanh}
 	for _, od := range obsDims {
 		m.critIn += od + actDim
 	}
@@ -116,8 +123,22 @@ type UpdateStats struct {
 // policies. Gradients are clipped to ClipNorm before each Adam step.
 func (m *MADDPG) Update(i int, b *Batch) UpdateStats {
 	ag := m.Agents[i]
+	var st UpdateStats
+	var g []float64
+	st.CriticLoss, g = m.CriticLossGrad(i, b)
+	nn.ClipGradNorm(g, m.ClipNorm)
+	ag.CriticOpt.Step(ag.Critic.Params, g)
+	st.PolicyLoss, g = m.PolicyLossGrad(i, b)
+	nn.ClipGradNorm(g, m.ClipNorm)
+	ag.PolicyOpt.Step(ag.Policy.Params, g)
+	return st
+}
+
+// CriticLossGrad returns agent i's critic loss on b and its gradient with
+// respect to the critic's parameters (targets from the target networks).
+func (m *MADDPG) CriticLossGrad(i int, b *Batch) (float64, []float64) {
+	ag := m.Agents[i]
 	n := b.N
-	// Critic.
 	nextAct := make([][]float64, len(m.Agents))
 	for a, o := range m.Agents {
 		nextAct[a] = append([]float64(nil), o.TargetPolicy.Forward(b.Next[a], n, nil)...)
@@ -126,19 +147,23 @@ func (m *MADDPG) Update(i int, b *Batch) UpdateStats {
 	var cc nn.Cache
 	q := ag.Critic.Forward(m.criticInput(n, b.Obs, b.Act), n, &cc)
 	dq := make([]float64, n)
-	var st UpdateStats
+	var loss float64
 	for r := 0; r < n; r++ {
 		y := b.Rew[i][r] + m.Gamma*tq[r]*(1-b.Done[r])
 		d := q[r] - y
-		st.CriticLoss += d * d / float64(n)
+		loss += d * d / float64(n)
 		dq[r] = 2 * d / float64(n)
 	}
 	g := make([]float64, len(ag.Critic.Params))
 	ag.Critic.Backward(&cc, dq, nil, nil, g, nil)
-	nn.ClipGradNorm(g, m.ClipNorm)
-	ag.CriticOpt.Step(ag.Critic.Params, g)
+	return loss, g
+}
 
-	// Policy.
+// PolicyLossGrad returns agent i's policy loss on b and its gradient with
+// respect to the policy's parameters.
+func (m *MADDPG) PolicyLossGrad(i int, b *Batch) (float64, []float64) {
+	ag := m.Agents[i]
+	n := b.N
 	var pc nn.Cache
 	pi := ag.Policy.Forward(b.Obs[i], n, &pc)
 	acts := make([][]float64, len(m.Agents))
@@ -150,10 +175,11 @@ func (m *MADDPG) Update(i int, b *Batch) UpdateStats {
 		acts[a] = append([]float64(nil), o.Policy.Forward(b.Obs[a], n, nil)...)
 	}
 	var qc nn.Cache
-	q = ag.Critic.Forward(m.criticInput(n, b.Obs, acts), n, &qc)
+	q := ag.Critic.Forward(m.criticInput(n, b.Obs, acts), n, &qc)
 	dqq := make([]float64, n)
+	var loss float64
 	for r := 0; r < n; r++ {
-		st.PolicyLoss -= q[r] / float64(n)
+		loss -= q[r] / float64(n)
 		dqq[r] = -1 / float64(n)
 	}
 	dx := make([]float64, n*m.critIn)
@@ -161,19 +187,26 @@ func (m *MADDPG) Update(i int, b *Batch) UpdateStats {
 	ag.Critic.Backward(&qc, dqq, nil, nil, gc, dx)
 	off := m.actOffset(i)
 	da := make([]float64, n*ag.ActDim)
+	dz := make([]float64, n*ag.ActDim)
 	nel := float64(n * ag.ActDim)
 	for r := 0; r < n; r++ {
 		for k := 0; k < ag.ActDim; k++ {
-			v := pi[r*ag.ActDim+k]
-			st.PolicyLoss += m.PolicyReg * v * v / nel
-			da[r*ag.ActDim+k] = dx[r*m.critIn+off+k] + m.PolicyReg*2*v/nel
+			j := r*ag.ActDim + k
+			da[j] = dx[r*m.critIn+off+k]
+			if m.RegPreTanh {
+				v := pc.Z3[j]
+				loss += m.PolicyReg * v * v / nel
+				dz[j] = m.PolicyReg * 2 * v / nel
+			} else {
+				v := pi[j]
+				loss += m.PolicyReg * v * v / nel
+				da[j] += m.PolicyReg * 2 * v / nel
+			}
 		}
 	}
 	gp := make([]float64, len(ag.Policy.Params))
-	ag.Policy.Backward(&pc, da, nil, nil, gp, nil)
-	nn.ClipGradNorm(gp, m.ClipNorm)
-	ag.PolicyOpt.Step(ag.Policy.Params, gp)
-	return st
+	ag.Policy.BackwardPre(&pc, da, dz, nil, nil, gp, nil)
+	return loss, gp
 }
 
 // UpdateTargets soft-updates every agent's target networks with Tau.

@@ -184,3 +184,66 @@ func tinyConfig(v env.Variant, seed uint64) Config {
 	cfg.StepsPerUpdate = 25
 	return cfg
 }
+
+// TestLossGradientsFiniteDifferences checks the critic and policy losses'
+// gradients (through the centralized critic's action input, with both
+// placements of the L2 penalty) by central differences.
+func TestLossGradientsFiniteDifferences(t *testing.T) {
+	for _, pre := range []bool{false, true} {
+		h := DefaultHyper()
+		h.Hidden = 6
+		h.RegPreTanh = pre
+		h.PolicyReg = 0.3 // large enough to matter in the check
+		rng := rand.New(rand.NewPCG(9, 9))
+		m := New([]int{3, 4}, 2, h, rng)
+		for _, a := range m.Agents {
+			for i := range a.Policy.Params {
+				a.Policy.Params[i] = rng.NormFloat64() * 0.6
+			}
+			a.TargetCritic.Params[0] += 0.1
+		}
+		b := &Batch{N: 5, Done: make([]float64, 5)}
+		for a, od := range []int{3, 4} {
+			b.Obs = append(b.Obs, randSlice(rng, 5*od))
+			b.Next = append(b.Next, randSlice(rng, 5*od))
+			b.Act = append(b.Act, randSlice(rng, 10))
+			b.Rew = append(b.Rew, randSlice(rng, 5))
+			_ = a
+		}
+		b.Done[2] = 1
+		for i := range m.Agents {
+			for _, which := range []string{"critic", "policy"} {
+				var p []float64
+				f := func() (float64, []float64) { return m.CriticLossGrad(i, b) }
+				if which == "critic" {
+					p = m.Agents[i].Critic.Params
+				} else {
+					p = m.Agents[i].Policy.Params
+					f = func() (float64, []float64) { return m.PolicyLossGrad(i, b) }
+				}
+				_, g := f()
+				const eps = 1e-6
+				for k := range p {
+					old := p[k]
+					p[k] = old + eps
+					lp, _ := f()
+					p[k] = old - eps
+					lm, _ := f()
+					p[k] = old
+					num := (lp - lm) / (2 * eps)
+					if math.Abs(num-g[k]) > 1e-6*math.Max(1, math.Abs(num)) {
+						t.Fatalf("pre=%v agent %d %s param %d: analytic %.9g numeric %.9g", pre, i, which, k, g[k], num)
+					}
+				}
+			}
+		}
+	}
+}
+
+func randSlice(rng *rand.Rand, n int) []float64 {
+	s := make([]float64, n)
+	for i := range s {
+		s[i] = rng.Float64()*2 - 1
+	}
+	return s
+}

@@ -84,6 +84,7 @@ func (m *MLP) split(p []float64) (w1, b1, w2, b2, w3, b3 []float64) {
 type Cache struct {
 	N                 int
 	X, Z1, H1, Z2, H2 []float64
+	Z3                []float64 // output pre-activation (before tanh)
 	Y                 []float64
 }
 
@@ -185,16 +186,17 @@ func (m *MLP) Forward(x []float64, n int, c *Cache) []float64 {
 	c.X = x[:n*m.In]
 	c.Z1, c.H1 = grow(c.Z1, n*h), grow(c.H1, n*h)
 	c.Z2, c.H2 = grow(c.Z2, n*h), grow(c.H2, n*h)
-	c.Y = grow(c.Y, n*out)
+	c.Z3, c.Y = grow(c.Z3, n*out), grow(c.Y, n*out)
 	linear(c.Z1, c.X, w1, b1, n, m.In, h)
 	leaky(c.H1, c.Z1)
 	linear(c.Z2, c.H1, w2, b2, n, h, h)
 	leaky(c.H2, c.Z2)
-	linear(c.Y, c.H2, w3, b3, n, h, out)
-	if m.Tanh {
-		for i, v := range c.Y {
-			c.Y[i] = math.Tanh(v)
+	linear(c.Z3, c.H2, w3, b3, n, h, out)
+	for i, v := range c.Z3 {
+		if m.Tanh {
+			v = math.Tanh(v)
 		}
+		c.Y[i] = v
 	}
 	return c.Y
 }
@@ -205,6 +207,12 @@ func (m *MLP) Forward(x []float64, n int, c *Cache) []float64 {
 // H2 (n×Hidden each; used by the SOO loss). If dx is non-nil it receives the
 // gradient with respect to the input (n×In).
 func (m *MLP) Backward(c *Cache, dy, dh1, dh2, grad, dx []float64) {
+	m.BackwardPre(c, dy, nil, dh1, dh2, grad, dx)
+}
+
+// BackwardPre is Backward with dz, if non-nil, an extra gradient with
+// respect to the output pre-activation Z3 (before tanh), n×Out.
+func (m *MLP) BackwardPre(c *Cache, dy, dz, dh1, dh2, grad, dx []float64) {
 	n, in, h, out := c.N, m.In, m.Hidden, m.Out
 	w1, _, w2, _, w3, _ := m.split(m.Params)
 	gw1, gb1, gw2, gb2, gw3, gb3 := m.split(grad)
@@ -213,6 +221,11 @@ func (m *MLP) Backward(c *Cache, dy, dh1, dh2, grad, dx []float64) {
 	if m.Tanh {
 		for i, y := range c.Y {
 			dz3[i] *= 1 - y*y
+		}
+	}
+	if dz != nil {
+		for i := range dz3 {
+			dz3[i] += dz[i]
 		}
 	}
 	dH2 := make([]float64, n*h)

@@ -7,10 +7,13 @@ import (
 )
 
 // lossOf is a scalar test loss: Σ c_y·y + Σ c1·h1 + Σ c2·h2 over the batch.
-func lossOf(m *MLP, x []float64, n int, cy, c1, c2 []float64) float64 {
+func lossOf(m *MLP, x []float64, n int, cy, cz, c1, c2 []float64) float64 {
 	var c Cache
 	y := m.Forward(x, n, &c)
 	var l float64
+	for i, v := range c.Z3 {
+		l += cz[i] * v
+	}
 	for i, v := range y {
 		l += cy[i] * v
 	}
@@ -44,20 +47,20 @@ func TestBackwardFiniteDifferences(t *testing.T) {
 		}
 		n := 4
 		x := randVec(rng, n*5)
-		cy, c1, c2 := randVec(rng, n*3), randVec(rng, n*7), randVec(rng, n*7)
+		cy, cz, c1, c2 := randVec(rng, n*3), randVec(rng, n*3), randVec(rng, n*7), randVec(rng, n*7)
 		var c Cache
 		m.Forward(x, n, &c)
 		g := make([]float64, len(m.Params))
 		dx := make([]float64, len(x))
-		m.Backward(&c, cy, c1, c2, g, dx)
+		m.BackwardPre(&c, cy, cz, c1, c2, g, dx)
 		const h = 1e-6
 		check := func(name string, p []float64, i int, analytic float64) {
 			t.Helper()
 			old := p[i]
 			p[i] = old + h
-			lp := lossOf(m, x, n, cy, c1, c2)
+			lp := lossOf(m, x, n, cy, cz, c1, c2)
 			p[i] = old - h
-			lm := lossOf(m, x, n, cy, c1, c2)
+			lm := lossOf(m, x, n, cy, cz, c1, c2)
 			p[i] = old
 			num := (lp - lm) / (2 * h)
 			if math.Abs(num-analytic) > 1e-6*math.Max(1, math.Abs(num)) {
