@@ -1,0 +1,264 @@
+// Package server is SOO Serve's HTTP layer on fiber: the OpenAI-compatible
+// routes (/v1/models, /v1/chat/completions, /v1/completions), the
+// Ollama-compatible routes (/api/chat, /api/generate, /api/tags, /api/show,
+// /api/version), bearer-key auth, /health and /metrics.
+//
+// Handlers only parse and validate, turn the request into an
+// engine/sched.Request, and stream back what the scheduler produces. Every
+// error is a value (*Error, or an error AsAPIError maps) turned into the
+// envelope {"error":{"message","type","param","code"}} in one place,
+// errorHandler. Status and type: 400 invalid_request_error, 401
+// authentication_error, 404 not_found_error, 409 conflict_error, 413
+// request_too_large, 429 rate_limit_error, 500 server_error, 503
+// service_unavailable (code model_loading or shutting_down).
+//
+// Models are resolved through the Models interface, so an adapter registry
+// can add adapters beside the base without touching the routes. Route groups
+// live in one file each (openai.go, ollama.go); a new group is a method
+// registering its routes, called from routes.
+//
+// response_format {"type":"json_object"} is accepted (with OpenAI's rule
+// that a message must mention JSON) but the output is not constrained;
+// "json_schema" is rejected with a 400.
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+)
+
+// Limits bound what a request may ask for; requests beyond them get 400s
+// (413 for the body).
+type Limits struct {
+	MaxBodyBytes   int // default 8 MiB
+	MaxMessages    int // chat messages per request; default 1024
+	MaxN           int // choices per request; default 16
+	MaxStop        int // stop strings; default 4
+	MaxStopLen     int // bytes per stop string; default 256
+	MaxTopLogprobs int // top_logprobs / logprobs N; default 20
+}
+
+func (l *Limits) defaults() {
+	if l.MaxBodyBytes <= 0 {
+		l.MaxBodyBytes = 8 << 20
+	}
+	if l.MaxMessages <= 0 {
+		l.MaxMessages = 1024
+	}
+	if l.MaxN <= 0 {
+		l.MaxN = 16
+	}
+	if l.MaxStop <= 0 {
+		l.MaxStop = 4
+	}
+	if l.MaxStopLen <= 0 {
+		l.MaxStopLen = 256
+	}
+	if l.MaxTopLogprobs <= 0 {
+		l.MaxTopLogprobs = 20
+	}
+}
+
+// Options configures a Server.
+type Options struct {
+	// APIKey, when set, is required as "Authorization: Bearer KEY" on every
+	// route but /health.
+	APIKey string
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// Metrics to record into; nil creates them on a new registry.
+	Metrics *Metrics
+	Limits  Limits
+	// Version is reported by /api/version; default the Ollama API version
+	// the routes follow.
+	Version string
+}
+
+// Server is the HTTP server. Models are set with SetModels once loaded;
+// until then model routes and /health answer 503.
+type Server struct {
+	app     *fiber.App
+	log     *slog.Logger
+	metrics *Metrics
+	opts    Options
+	models  atomic.Pointer[Models]
+	ready   atomic.Bool
+
+	// ctx is the parent of every generation; cancel ends them all (a
+	// shutdown whose grace period ran out).
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	paths map[string]bool // static route paths, for metrics labels
+}
+
+// New returns a server with its routes registered.
+func New(opts Options) *Server {
+	opts.Limits.defaults()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
+	if opts.Version == "" {
+		opts.Version = "0.17.4"
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{log: opts.Logger, metrics: opts.Metrics, opts: opts, ctx: ctx, cancel: cancel}
+	s.app = fiber.New(fiber.Config{
+		AppName:               "sooserve",
+		BodyLimit:             opts.Limits.MaxBodyBytes,
+		ErrorHandler:          s.errorHandler,
+		DisableStartupMessage: true,
+		ReadTimeout:           2 * time.Minute,
+		IdleTimeout:           2 * time.Minute,
+	})
+	s.routes()
+	s.paths = map[string]bool{}
+	for _, r := range s.app.GetRoutes(true) {
+		if !strings.ContainsAny(r.Path, ":*+") {
+			s.paths[r.Path] = true
+		}
+	}
+	return s
+}
+
+// routes registers every route group.
+func (s *Server) routes() {
+	s.app.Use(s.observe)
+	s.app.Get("/health", s.health)
+	s.app.Use(s.auth)
+	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	s.app.Get("/metrics", func(c *fiber.Ctx) error {
+		metrics(c.Context())
+		return nil
+	})
+	s.registerOpenAI(s.app.Group("/v1"))
+	s.registerOllama(s.app.Group("/api"))
+}
+
+// App returns the fiber app, for route groups added by other packages.
+func (s *Server) App() *fiber.App { return s.app }
+
+// Metrics returns the server's metrics.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// Registry returns the server's Prometheus registry.
+func (s *Server) Registry() *prometheus.Registry { return s.metrics.Registry }
+
+// SetModels installs the model resolver and marks the server ready.
+func (s *Server) SetModels(m Models) {
+	s.models.Store(&m)
+	s.ready.Store(m != nil)
+}
+
+// Serve serves HTTP on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	if err := s.app.Listener(ln); err != nil {
+		return fmt.Errorf("server: serve: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting connections and waits for in-flight requests
+// (streams included) to finish; when ctx ends first, the remaining
+// generations are cancelled and the connections closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.ready.Store(false)
+	done := make(chan error, 1)
+	go func() { done <- s.app.ShutdownWithContext(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("server: shutdown: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		s.cancel()
+		if err := s.app.Shutdown(); err != nil {
+			return fmt.Errorf("server: shutdown: %w", err)
+		}
+		return fmt.Errorf("server: shutdown: %w", ctx.Err())
+	}
+}
+
+// health answers 200 {"status":"ok"} when a model is loaded, 503 before.
+func (s *Server) health(c *fiber.Ctx) error {
+	if !s.ready.Load() {
+		return Unavailable("model_loading", "the model is still loading")
+	}
+	return c.JSON(fiber.Map{"status": "ok"})
+}
+
+// auth checks the bearer key.
+func (s *Server) auth(c *fiber.Ctx) error {
+	if s.opts.APIKey == "" {
+		return c.Next()
+	}
+	h := c.Get(fiber.HeaderAuthorization)
+	key, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(key)), []byte(s.opts.APIKey)) != 1 {
+		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="sooserve"`)
+		msg := "invalid API key"
+		if h == "" {
+			msg = "missing API key: send Authorization: Bearer KEY"
+		}
+		return &Error{Status: fiber.StatusUnauthorized, Type: TypeAuthentication, Code: "invalid_api_key", Message: msg}
+	}
+	return c.Next()
+}
+
+// Locals keys.
+const (
+	localModel    = "soo.model"
+	localStreamed = "soo.streamed"
+)
+
+// observe counts requests and their latency. Streamed responses finish after
+// the handler returns; their writer records them (see finishStream).
+func (s *Server) observe(c *fiber.Ctx) error {
+	start := time.Now()
+	err := c.Next()
+	if c.Locals(localStreamed) != nil {
+		return err
+	}
+	status := c.Response().StatusCode()
+	if err != nil {
+		status = AsAPIError(err).Status
+	}
+	model, _ := c.Locals(localModel).(string)
+	route := routeOf(c)
+	if route == "unmatched" && s.paths[c.Path()] {
+		route = strings.Clone(c.Path()) // rejected by a middleware before routing
+	}
+	s.record(route, model, status, time.Since(start))
+	return err
+}
+
+// routeOf returns the matched route's pattern ("unmatched" for none).
+func routeOf(c *fiber.Ctx) string {
+	if r := c.Route(); r != nil && r.Path != "/" && r.Path != "" {
+		return r.Path
+	}
+	return "unmatched"
+}
+
+// record counts one finished request.
+func (s *Server) record(route, model string, status int, d time.Duration) {
+	s.metrics.requests.WithLabelValues(route, model, fmt.Sprint(status)).Inc()
+	if model != "" {
+		s.metrics.latency.WithLabelValues(route, model).Observe(d.Seconds())
+	}
+}
