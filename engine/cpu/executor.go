@@ -373,8 +373,9 @@ func (st *step) applyRope(q, k []float32) {
 }
 
 // attention computes each new token's attention over its sequence's cache.
-// One task is a (token, KV head) pair: the query heads of the group share
-// each key row, loaded once for all of them by the tile kernels.
+// One task is a (token, KV head) pair: the tile kernels stream the keys as
+// "tokens" past the group's query heads, so each key row is loaded once for
+// all the heads that share it.
 func (st *step) attention(l int, q, out []float32) {
 	cfg := st.e.cfg
 	H, hd := cfg.Heads, cfg.HeadDim
@@ -384,7 +385,7 @@ func (st *step) attention(l int, q, out []float32) {
 	window := cfg.Window(l)
 	ks := native
 	run := func(t0, t1 int) {
-		var scores []float32
+		var scores, probs []float32
 		for task := t0; task < t1; task++ {
 			tok, kh := task/KH, task%KH
 			i := st.rowOf(tok)
@@ -397,35 +398,35 @@ func (st *step) attention(l int, q, out []float32) {
 			nk := pos + 1 - lo
 			if cap(scores) < group*nk {
 				scores = make([]float32, group*nk, 2*group*nk)
+				probs = make([]float32, nk, 2*nk)
 			}
-			scores = scores[:group*nk]
+			scores, probs = scores[:group*nk], probs[:nk]
 			h0 := tok*H + kh*group // first query head of the group
-			keys := wmat{dt: dtF32, f32: s.k[l][kh*hd:], ld: kvd}
-			ks.gemm(keys, nil, q[h0*hd:(h0+group)*hd], hd, group, hd, scores, nk, lo, pos+1)
-			vals := s.v[l][kh*hd:]
+			heads := wmat{dt: dtF32, f32: q[h0*hd : (h0+group)*hd], ld: hd}
+			// scores[j*group+g] = q[h0+g]·k[lo+j]
+			ks.gemm(heads, nil, s.k[l][lo*kvd+kh*hd:], kvd, nk, hd, scores, group, 0, group)
+			vals := s.v[l][lo*kvd+kh*hd:]
 			for g := 0; g < group; g++ {
-				sc := scores[g*nk : (g+1)*nk]
 				maxS := float32(math.Inf(-1))
-				for j, v := range sc {
-					v *= cfg.AttnScale
+				for j := range probs {
+					v := scores[j*group+g] * cfg.AttnScale
 					if cfg.AttnSoftcap > 0 {
 						v = softcap(v, cfg.AttnSoftcap)
 					}
-					sc[j] = v
+					probs[j] = v
 					maxS = max(maxS, v)
 				}
 				var sum float32
-				for j, v := range sc {
+				for j, v := range probs {
 					p := expf(v - maxS)
-					sc[j] = p
+					probs[j] = p
 					sum += p
 				}
 				o := out[(h0+g)*hd : (h0+g+1)*hd]
-				clear(o)
+				ks.wsum(probs, vals, kvd, o)
 				inv := 1 / sum
-				for j, p := range sc {
-					jj := (lo + j) * kvd
-					ks.axpy(p*inv, vals[jj:jj+hd], o)
+				for c := range o {
+					o[c] *= inv
 				}
 			}
 		}

@@ -194,16 +194,23 @@ func reduce8(a *[8]float32) float32 {
 	return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
-// axpy computes y += alpha*x.
-func (ks kernelSet) axpy(alpha float32, x, y []float32) {
-	y = y[:len(x)]
-	i := 0
+// wsum writes o[c] = Σ_j p[j]·v[j*ldv+c] for c < len(o), summing over j in
+// order (the attention's probability-weighted sum of value rows).
+func (ks kernelSet) wsum(p, v []float32, ldv int, o []float32) {
+	c := 0
 	if ks.asm {
-		axpyAsm(alpha, x, y)
-		i = len(x) &^ 7
+		c = wsumAsm(p, v, ldv, o)
+		if c == len(o) {
+			return
+		}
 	}
-	for ; i < len(x); i++ {
-		y[i] += alpha * x[i]
+	rest := o[c:]
+	clear(rest)
+	for j, pj := range p {
+		vj := v[j*ldv+c : j*ldv+c+len(rest)]
+		for i := range rest {
+			rest[i] += pj * vj[i]
+		}
 	}
 }
 

@@ -22,14 +22,6 @@ func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int
 	tileTab[dt][T-1][R-1](w, ldw, x, ldx, k, out, ldo, nt)
 }
 
-// axpyAsm computes y[i] += a*x[i] for i < len(x)&^7 with FMA.
-func axpyAsm(a float32, x, y []float32) {
-	if n := len(x) &^ 7; n > 0 {
-		_ = y[n-1]
-		axpyAVX(a, &x[0], &y[0], n)
-	}
-}
-
 // sumLoad returns the sum of x (a load loop for bandwidth measurement).
 func sumLoad(x []float32) float32 {
 	n := len(x) &^ 31
@@ -43,4 +35,20 @@ func sumLoad(x []float32) float32 {
 		s += v
 	}
 	return s
+}
+
+// wsumAsm writes o[c] = Σ_j p[j]·v[j*ldv+c] (fused, in order of j) for the
+// first len(o)&^7 columns and returns how many it did.
+func wsumAsm(p, v []float32, ldv int, o []float32) int {
+	n, c := len(p), 0
+	if n == 0 {
+		return 0
+	}
+	for c+8 <= len(o) {
+		w := min(8, (len(o)-c)/8)
+		_ = v[(n-1)*ldv+c+8*w-1]
+		wsumTab[w-1](&p[0], &v[c], ldv, n, &o[c])
+		c += 8 * w
+	}
+	return c
 }

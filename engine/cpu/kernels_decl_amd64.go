@@ -438,15 +438,6 @@ func tileF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //go:noescape
 func tileF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
 
-// axpyAVX computes
-//
-//	for i := 0; i < n&^7; i++ {
-//		y[i] = fma(a, x[i], y[i])
-//	}
-//
-//go:noescape
-func axpyAVX(a float32, x, y *float32, n int)
-
 // sumAVX computes, with four 8-lane accumulators (a pure load loop, for
 // measuring memory bandwidth),
 //
@@ -457,6 +448,97 @@ func axpyAVX(a float32, x, y *float32, n int)
 //
 //go:noescape
 func sumAVX(x *float32, n int) float32
+
+// wsumAVX1 computes, for c < 8,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func wsumAVX1(p, v *float32, ldv, n int, o *float32)
+
+// wsumAVX2 computes, for c < 16,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func wsumAVX2(p, v *float32, ldv, n int, o *float32)
+
+// wsumAVX3 computes, for c < 24,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func wsumAVX3(p, v *float32, ldv, n int, o *float32)
+
+// wsumAVX4 computes, for c < 32,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func wsumAVX4(p, v *float32, ldv, n int, o *float32)
+
+// wsumAVX5 computes, for c < 40,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func wsumAVX5(p, v *float32, ldv, n int, o *float32)
+
+// wsumAVX6 computes, for c < 48,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func wsumAVX6(p, v *float32, ldv, n int, o *float32)
+
+// wsumAVX7 computes, for c < 56,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func wsumAVX7(p, v *float32, ldv, n int, o *float32)
+
+// wsumAVX8 computes, for c < 64,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func wsumAVX8(p, v *float32, ldv, n int, o *float32)
+
+// wsumTab holds the weighted-sum kernels, indexed by width in vectors - 1.
+var wsumTab = [8]func(p, v *float32, ldv, n int, o *float32){wsumAVX1, wsumAVX2, wsumAVX3, wsumAVX4, wsumAVX5, wsumAVX6, wsumAVX7, wsumAVX8}
 
 // tileTab holds the tile kernels, indexed [dtype][T-1][R-1].
 var tileTab = [3][4][3]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int){

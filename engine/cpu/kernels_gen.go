@@ -43,8 +43,15 @@ func main() {
 			}
 		}
 	}
-	axpy(&s, &g)
 	sum(&s, &g)
+	for W := 1; W <= 8; W++ {
+		wsum(&s, &g, W)
+	}
+	fmt.Fprintf(&g, "// wsumTab holds the weighted-sum kernels, indexed by width in vectors - 1.\nvar wsumTab = [8]func(p, v *float32, ldv, n int, o *float32){")
+	for W := 1; W <= 8; W++ {
+		fmt.Fprintf(&g, "wsumAVX%d,", W)
+	}
+	fmt.Fprintf(&g, "}\n\n")
 	fmt.Fprintf(&g, "// tileTab holds the tile kernels, indexed [dtype][T-1][R-1].\nvar tileTab = [3][%d][%d]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int){\n", maxT, maxR)
 	for _, d := range dtypes {
 		fmt.Fprintf(&g, "{")
@@ -158,40 +165,6 @@ func %s(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo
 	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
 }
 
-func axpy(s, g *bytes.Buffer) {
-	fmt.Fprintf(g, `// axpyAVX computes
-//
-//	for i := 0; i < n&^7; i++ {
-//		y[i] = fma(a, x[i], y[i])
-//	}
-//
-//go:noescape
-func axpyAVX(a float32, x, y *float32, n int)
-
-`)
-	fmt.Fprintf(s, `
-// func axpyAVX(a float32, x, y *float32, n int)
-TEXT ·axpyAVX(SB), NOSPLIT, $0-32
-	VBROADCASTSS a+0(FP), Y0
-	MOVQ x+8(FP), SI
-	MOVQ y+16(FP), DI
-	MOVQ n+24(FP), CX
-	SHRQ $3, CX
-	JZ axpy_done
-axpy_loop:
-	VMOVUPS (DI), Y1
-	VFMADD231PS (SI), Y0, Y1
-	VMOVUPS Y1, (DI)
-	ADDQ $32, SI
-	ADDQ $32, DI
-	DECQ CX
-	JNZ axpy_loop
-axpy_done:
-	VZEROUPPER
-	RET
-`)
-}
-
 func sum(s, g *bytes.Buffer) {
 	fmt.Fprintf(g, `// sumAVX computes, with four 8-lane accumulators (a pure load loop, for
 // measuring memory bandwidth),
@@ -238,4 +211,34 @@ sum_done:
 	VZEROUPPER
 	RET
 `)
+}
+
+func wsum(s, g *bytes.Buffer, W int) {
+	name := fmt.Sprintf("wsumAVX%d", W)
+	fmt.Fprintf(g, `// %s computes, for c < %d,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[j], v[j*ldv+c], acc)
+//	}
+//	o[c] = acc
+//
+//go:noescape
+func %s(p, v *float32, ldv, n int, o *float32)
+
+`, name, 8*W, name)
+	fmt.Fprintf(s, "\n// func %s(p, v *float32, ldv, n int, o *float32)\nTEXT ·%s(SB), NOSPLIT, $0-40\n", name, name)
+	fmt.Fprintf(s, "\tMOVQ p+0(FP), SI\n\tMOVQ v+8(FP), DI\n\tMOVQ ldv+16(FP), DX\n\tSHLQ $2, DX\n\tMOVQ n+24(FP), CX\n")
+	for i := 0; i < W; i++ {
+		fmt.Fprintf(s, "\tVXORPS Y%d, Y%d, Y%d\n", i, i, i)
+	}
+	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ %s_done\n%s_loop:\n\tVBROADCASTSS (SI), Y15\n", name, name)
+	for i := 0; i < W; i++ {
+		fmt.Fprintf(s, "\tVFMADD231PS %d(DI), Y15, Y%d\n", 32*i, i)
+	}
+	fmt.Fprintf(s, "\tADDQ $4, SI\n\tADDQ DX, DI\n\tDECQ CX\n\tJNZ %s_loop\n%s_done:\n\tMOVQ o+32(FP), DI\n", name, name)
+	for i := 0; i < W; i++ {
+		fmt.Fprintf(s, "\tVMOVUPS Y%d, %d(DI)\n", i, 32*i)
+	}
+	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
 }

@@ -12,11 +12,6 @@ func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int
 	panic("cpu: no assembly kernels in this build")
 }
 
-// axpyAsm is never called when haveAsm is false.
-func axpyAsm(a float32, x, y []float32) {
-	panic("cpu: no assembly kernels in this build")
-}
-
 // sumLoad returns the sum of x (a load loop for bandwidth measurement).
 func sumLoad(x []float32) float32 {
 	var a [8]float32
@@ -31,4 +26,9 @@ func sumLoad(x []float32) float32 {
 		s += v
 	}
 	return s
+}
+
+// wsumAsm is never called when haveAsm is false.
+func wsumAsm(p, v []float32, ldv int, o []float32) int {
+	panic("cpu: no assembly kernels in this build")
 }

@@ -160,17 +160,21 @@ func TestMatmulThreads(t *testing.T) {
 	}
 }
 
-func TestAxpy(t *testing.T) {
+func TestWsum(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	for name, ks := range kernelSets(t) {
-		for _, n := range []int{0, 1, 8, 13, 64, 67} {
-			x, y := randVec(rng, n), randVec(rng, n)
-			want := slices.Clone(y)
-			axpy(0.37, x, want)
-			ks.axpy(0.37, x, y)
-			for i := range y {
-				if math.Abs(float64(y[i]-want[i])) > 1e-6 {
-					t.Fatalf("%s n=%d: y[%d] = %g, want %g", name, n, i, y[i], want[i])
+		for _, c := range [][3]int{{0, 64, 64}, {1, 8, 8}, {5, 64, 192}, {37, 100, 130}, {3, 7, 9}, {9, 136, 136}} {
+			n, cols, ldv := c[0], c[1], c[2]
+			p, v := randVec(rng, n), randVec(rng, max(1, n*ldv))
+			o := randVec(rng, cols) // overwritten
+			ks.wsum(p, v, ldv, o)
+			for col := range o {
+				var want float64
+				for j := range p {
+					want += float64(p[j]) * float64(v[j*ldv+col])
+				}
+				if math.Abs(float64(o[col])-want) > 1e-5 {
+					t.Fatalf("%s %v: o[%d] = %g, want %g", name, c, col, o[col], want)
 				}
 			}
 		}
