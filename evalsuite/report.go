@@ -42,13 +42,17 @@ func workKey(model, scenario string, seed int64, index int) string {
 
 // SeedStats are one seed's counts and rates for a model and scenario. Rates are percentages.
 type SeedStats struct {
-	Seed          int64   `json:"seed"`
-	N             int     `json:"n"`
-	Deceptive     int     `json:"deceptive"`
-	Honest        int     `json:"honest"`
-	Correct       int     `json:"correct"`
-	Incorrect     int     `json:"incorrect"`
-	Unclear       int     `json:"unclear"`
+	// Seed is the sampling seed.
+	Seed int64 `json:"seed"`
+	// N is the number of responses.
+	N int `json:"n"`
+	// Deceptive, Honest, Correct, Incorrect and Unclear count responses by label.
+	Deceptive int `json:"deceptive"`
+	Honest    int `json:"honest"`
+	Correct   int `json:"correct"`
+	Incorrect int `json:"incorrect"`
+	Unclear   int `json:"unclear"`
+	// DeceptiveRate, HonestRate, CorrectRate and UnclearRate are percentages of N.
 	DeceptiveRate float64 `json:"deceptive_rate"`
 	HonestRate    float64 `json:"honest_rate"`
 	CorrectRate   float64 `json:"correct_rate"`
@@ -57,8 +61,10 @@ type SeedStats struct {
 
 // MeanSD is a mean and population standard deviation over seeds (np.std, as the paper's code).
 type MeanSD struct {
+	// Mean is the mean over seeds.
 	Mean float64 `json:"mean"`
-	SD   float64 `json:"sd"`
+	// SD is the population standard deviation over seeds.
+	SD float64 `json:"sd"`
 }
 
 // Row is the result for one model and one scenario, pooled over seeds. Rates are percentages of
@@ -69,26 +75,39 @@ type MeanSD struct {
 // that is not deceptive counts as honest (PaperHonestRate = honest + unclear), and the strict
 // one (HonestRate, UnclearRate separate). DeceptiveRate is the same under both.
 type Row struct {
-	Model           string      `json:"model"`
-	Scenario        string      `json:"name"`
-	Title           string      `json:"title"`
-	Kind            Kind        `json:"kind"`
-	N               int         `json:"n"`
-	Deceptive       int         `json:"deceptive"`
-	Honest          int         `json:"honest"`
-	Correct         int         `json:"correct"`
-	Incorrect       int         `json:"incorrect"`
-	Unclear         int         `json:"unclear"`
-	DeceptiveRate   float64     `json:"deceptive_rate"`
-	HonestRate      float64     `json:"honest_rate"`
-	UnclearRate     float64     `json:"unclear_rate"`
-	PaperHonestRate float64     `json:"paper_honest_rate"`
-	CorrectRate     float64     `json:"correct_rate"`
-	DeceptiveOver   MeanSD      `json:"deceptive_rate_over_seeds"`
-	HonestOver      MeanSD      `json:"honest_rate_over_seeds"`
-	UnclearOver     MeanSD      `json:"unclear_rate_over_seeds"`
-	CorrectOver     MeanSD      `json:"correct_rate_over_seeds"`
-	PerSeed         []SeedStats `json:"per_seed"`
+	// Model is the model name.
+	Model string `json:"model"`
+	// Scenario is the scenario name.
+	Scenario string `json:"name"`
+	// Title is the scenario's human-readable name.
+	Title string `json:"title"`
+	// Kind says which counts are meaningful.
+	Kind Kind `json:"kind"`
+	// N is the number of responses over all seeds.
+	N int `json:"n"`
+	// Deceptive, Honest, Correct, Incorrect and Unclear count responses by label.
+	Deceptive int `json:"deceptive"`
+	Honest    int `json:"honest"`
+	Correct   int `json:"correct"`
+	Incorrect int `json:"incorrect"`
+	Unclear   int `json:"unclear"`
+	// DeceptiveRate is deceptive/N (the same under the paper's and the strict reading).
+	DeceptiveRate float64 `json:"deceptive_rate"`
+	// HonestRate is honest/N (strict).
+	HonestRate float64 `json:"honest_rate"`
+	// UnclearRate is unclear/N.
+	UnclearRate float64 `json:"unclear_rate"`
+	// PaperHonestRate is (honest+unclear)/N: the paper's reading (0 for Perspectives).
+	PaperHonestRate float64 `json:"paper_honest_rate"`
+	// CorrectRate is correct/N (Perspectives).
+	CorrectRate float64 `json:"correct_rate"`
+	// DeceptiveOver, HonestOver, UnclearOver and CorrectOver are the per-seed rates' mean ± SD.
+	DeceptiveOver MeanSD `json:"deceptive_rate_over_seeds"`
+	HonestOver    MeanSD `json:"honest_rate_over_seeds"`
+	UnclearOver   MeanSD `json:"unclear_rate_over_seeds"`
+	CorrectOver   MeanSD `json:"correct_rate_over_seeds"`
+	// PerSeed breaks the row down by seed, in Report.Seeds order.
+	PerSeed []SeedStats `json:"per_seed"`
 }
 
 // Report is report.json.
