@@ -1,0 +1,230 @@
+// Command serve runs SOO Serve: the OpenAI- and Ollama-compatible HTTP API
+// over the engine, with continuous batching.
+//
+// Every flag also reads an environment variable (DESIGN §2):
+//
+//	--model        SOO_MODEL         model directory or hf:ORG/NAME (default: built-in demo model)
+//	--model-name   SOO_MODEL_NAME    API id of the base model (default: directory name)
+//	--addr         SOO_ADDR          listen address (127.0.0.1:8080)
+//	--data         SOO_DATA          data directory (./soo-data)
+//	--api-key      SOO_API_KEY       bearer key for every route but /health
+//	--redis        SOO_REDIS_URL     redis://host:port/db (accepted; not used yet)
+//	--backend      SOO_BACKEND       cpu (xla:cpu, xla:cuda: not wired yet)
+//	--dtype        SOO_DTYPE         f32 or bf16 (default: as stored)
+//	--max-batch    SOO_MAX_BATCH     concurrent sequences per step (8)
+//	--max-adapters SOO_MAX_ADAPTERS  adapters resident at once (16)
+//	--ctx          SOO_CTX           context length (min(model max, 4096))
+//
+// SOO_HF_ENDPOINT overrides the hub used for hf: models (https://huggingface.co)
+// and HF_TOKEN is sent to it when set.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/internal/demo"
+	"github.com/sooserve/sooserve/server"
+	"github.com/sooserve/sooserve/server/hub"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		os.Exit(1)
+	}
+}
+
+// config is the parsed command line.
+type config struct {
+	Model, ModelName, Addr, Data, APIKey, Redis, Backend, DType string
+	MaxBatch, MaxAdapters, Ctx                                  int
+	HFEndpoint, HFToken                                         string
+	Grace                                                       time.Duration
+}
+
+// parse reads flags, each defaulting to its environment variable.
+func parse(args []string, env func(string) string, out io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(out)
+	str := func(p *string, name, envName, def, usage string) {
+		if v := env(envName); v != "" {
+			def = v
+		}
+		fs.StringVar(p, name, def, usage+" (env "+envName+")")
+	}
+	var intErr error
+	num := func(p *int, name, envName string, def int, usage string) {
+		if v := env(envName); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				intErr = fmt.Errorf("%s=%q: not an integer", envName, v)
+			}
+			def = n
+		}
+		fs.IntVar(p, name, def, usage+" (env "+envName+")")
+	}
+	str(&c.Model, "model", "SOO_MODEL", "", "Hugging Face model directory, or hf:ORG/NAME to download once (default: the built-in demo model)")
+	str(&c.ModelName, "model-name", "SOO_MODEL_NAME", "", "API id of the base model (default: the directory name)")
+	str(&c.Addr, "addr", "SOO_ADDR", "127.0.0.1:8080", "listen address")
+	str(&c.Data, "data", "SOO_DATA", "./soo-data", "data directory: adapters, jobs, checkpoints, downloads")
+	str(&c.APIKey, "api-key", "SOO_API_KEY", "", "require Authorization: Bearer KEY on every route but /health")
+	str(&c.Redis, "redis", "SOO_REDIS_URL", "", "redis://host:port/db for several replicas (not used yet)")
+	str(&c.Backend, "backend", "SOO_BACKEND", "cpu", "cpu, xla:cpu or xla:cuda")
+	str(&c.DType, "dtype", "SOO_DTYPE", "", "weight dtype: f32 or bf16 (default: as stored)")
+	num(&c.MaxBatch, "max-batch", "SOO_MAX_BATCH", 8, "concurrent sequences per decode step")
+	num(&c.MaxAdapters, "max-adapters", "SOO_MAX_ADAPTERS", 16, "adapters resident at once")
+	num(&c.Ctx, "ctx", "SOO_CTX", 0, "context length (default: min(model max, 4096))")
+	fs.DurationVar(&c.Grace, "grace", 30*time.Second, "how long shutdown waits for in-flight requests")
+	if intErr != nil {
+		return nil, intErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	c.HFEndpoint, c.HFToken = env("SOO_HF_ENDPOINT"), env("HF_TOKEN")
+	switch {
+	case c.MaxBatch < 1:
+		return nil, fmt.Errorf("--max-batch must be at least 1")
+	case c.MaxAdapters < 1:
+		return nil, fmt.Errorf("--max-adapters must be at least 1")
+	case c.Ctx < 0:
+		return nil, fmt.Errorf("--ctx must not be negative")
+	}
+	switch c.Backend {
+	case "cpu":
+	case "xla:cpu", "xla:cuda":
+		return nil, fmt.Errorf("--backend %s: the xla executor is not wired into the server yet; use cpu", c.Backend)
+	default:
+		return nil, fmt.Errorf("--backend %q: want cpu, xla:cpu or xla:cuda", c.Backend)
+	}
+	if c.DType != "" {
+		if _, err := model.ParseDType(c.DType); err != nil {
+			return nil, fmt.Errorf("--dtype: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// run serves until ctx ends, then shuts down gracefully. When addrs is not
+// nil the listening address is sent on it.
+func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer, addrs chan<- string) error {
+	c, err := parse(args, env, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if c.Redis != "" {
+		log.Warn("--redis is accepted but not used yet: this replica keeps its registry and jobs in memory and in the data dir", "redis", c.Redis)
+	}
+	if err := os.MkdirAll(c.Data, 0o755); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+
+	srv := server.New(server.Options{APIKey: c.APIKey, Logger: log})
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "auth", c.APIKey != "")
+	if addrs != nil {
+		addrs <- ln.Addr().String()
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	// /health answers 503 until the model is loaded.
+	base, err := load(ctx, c, srv, log)
+	if err != nil {
+		shutdown(srv, nil, c.Grace, log)
+		return err
+	}
+	srv.SetModels(server.Single{Base: base})
+	log.Info("ready", "model", base.ID, "context", base.Context(), "max_batch", c.MaxBatch, "dtype", base.DType)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining in-flight requests", "grace", c.Grace)
+	case err := <-serveErr:
+		shutdown(srv, base, c.Grace, log)
+		return err
+	}
+	return shutdown(srv, base, c.Grace, log)
+}
+
+func shutdown(srv *server.Server, base *server.Base, grace time.Duration, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if base != nil {
+		if serr := base.Sched.Close(ctx); serr != nil && err == nil {
+			err = serr
+		}
+	}
+	if err != nil {
+		log.Warn("shutdown cut short", "err", err)
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// load resolves --model to a directory and loads it.
+func load(ctx context.Context, c *config, srv *server.Server, log *slog.Logger) (*server.Base, error) {
+	dir := c.Model
+	switch repo, err := hub.ParseRef(c.Model); {
+	case c.Model == "":
+		dir = filepath.Join(c.Data, "models", demo.Name)
+		wrote, err := demo.Ensure(dir)
+		if err != nil {
+			return nil, err
+		}
+		log.Warn("no --model given: serving the built-in demo model (a tiny Llama with random weights: its output is gibberish; use --model DIR or --model hf:ORG/NAME for a real model)",
+			"dir", dir, "written", wrote)
+	case err == nil:
+		dir = filepath.Join(c.Data, "models", "hf", filepath.FromSlash(repo))
+		log.Info("fetching model from the hub (once)", "repo", repo, "dir", dir)
+		if err := hub.Download(ctx, repo, dir, hub.Options{Endpoint: c.HFEndpoint, Token: c.HFToken, Logger: log}); err != nil {
+			return nil, err
+		}
+	case !errors.Is(err, hub.ErrNotHub):
+		return nil, err
+	case strings.HasPrefix(c.Model, "hf:"):
+		return nil, fmt.Errorf("--model %q: want hf:ORG/NAME", c.Model)
+	}
+	opts := server.LoadOptions{ID: c.ModelName, Context: c.Ctx, MaxBatch: c.MaxBatch, Metrics: srv.Metrics(), Logger: log}
+	if c.DType != "" {
+		dt, _ := model.ParseDType(c.DType)
+		opts.DType = &dt
+	}
+	start := time.Now()
+	base, err := server.LoadBase(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("model loaded", "id", base.ID, "dir", dir, "arch", base.Config.Arch, "layers", base.Config.Layers,
+		"hidden", base.Config.Hidden, "vocab", base.Config.VocabSize, "bytes", base.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	return base, nil
+}
