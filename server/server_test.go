@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -400,7 +401,6 @@ func TestBadRequests(t *testing.T) {
 		{"json_object without json", "/v1/chat/completions", msg(`,"response_format":{"type":"json_object"}`), 400, TypeInvalidRequest, "messages"},
 		{"json_schema", "/v1/chat/completions", msg(`,"response_format":{"type":"json_schema"}`), 400, TypeInvalidRequest, "response_format"},
 		{"oversized prompt", "/v1/chat/completions", msg(``)[:len(msg(``))-len(`"hi"}]}`)] + `"` + long + `"}]}`, 400, TypeInvalidRequest, "messages"},
-		{"body too large", "/v1/chat/completions", msg(``)[:len(msg(``))-len(`"hi"}]}`)] + `"` + strings.Repeat("x", 70<<10) + `"}]}`, 413, TypeTooLarge, ""},
 		{"completions no prompt", "/v1/completions", `{"model":"soo-demo"}`, 400, TypeInvalidRequest, "prompt"},
 		{"completions prompt object", "/v1/completions", `{"model":"soo-demo","prompt":{"a":1}}`, 400, TypeInvalidRequest, "prompt"},
 		{"completions two prompts", "/v1/completions", `{"model":"soo-demo","prompt":["a","b"]}`, 400, TypeInvalidRequest, "prompt"},
@@ -412,6 +412,25 @@ func TestBadRequests(t *testing.T) {
 		{"ollama schema format", "/api/generate", `{"model":"soo-demo","prompt":"x","format":{"type":"object"}}`, 400, TypeInvalidRequest, "format"},
 		{"ollama wrong type", "/api/chat", `{"model":"soo-demo","messages":{}}`, 400, TypeInvalidRequest, "messages"},
 	}
+	t.Run("body too large", func(t *testing.T) {
+		// Announce a body over the limit without sending it: the server
+		// answers from the headers (a client still writing could see EPIPE).
+		conn, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", 70<<10)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 413 {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		checkEnvelope(t, body, TypeTooLarge, "")
+	})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			code, body := ts.post(t, tc.path, tc.body)
@@ -648,3 +667,74 @@ func mustURL(t *testing.T, s string) *urlType {
 type urlType = url.URL
 
 var parseURL = url.Parse
+
+// TestQueueFullAndDisconnect: with one batch slot and one queue place, a
+// third request gets 429; a streaming client that disconnects frees its slot
+// so the queued request runs.
+func TestQueueFullAndDisconnect(t *testing.T) {
+	ts := start(t, Options{}, LoadOptions{MaxBatch: 1, MaxQueue: 1, Context: 2048})
+	long := `{"model":"soo-demo","prompt":"Once upon a time","max_tokens":2000,"temperature":0,"stream":true,"stop":["\u0000never"]}`
+	req, _ := http.NewRequest(http.MethodPost, ts.URL+"/v1/completions", strings.NewReader(long))
+	req.Header.Set("Content-Type", "application/json")
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("stream status %d", resp.StatusCode)
+	}
+	buf := make([]byte, 256)
+	if _, err := resp.Body.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	queued := make(chan int, 1)
+	go func() {
+		code, body := ts.post(t, "/v1/completions", `{"model":"soo-demo","prompt":"Hi","max_tokens":3,"temperature":0}`)
+		if code != 200 {
+			t.Errorf("queued request: %d %s", code, body)
+		}
+		queued <- code
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, waiting := ts.base.Sched.Stats(); waiting == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("second request never queued")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	code, body := ts.post(t, "/v1/chat/completions", `{"model":"soo-demo","messages":[{"role":"user","content":"x"}],"max_tokens":2}`)
+	if code != 429 {
+		t.Fatalf("third request: %d %s", code, body)
+	}
+	checkEnvelope(t, body, TypeRateLimit, "")
+
+	// Disconnect the stream: the queued request must now finish well before
+	// the 2000 tokens of the first would have.
+	resp.Body.Close()
+	tr.CloseIdleConnections()
+	select {
+	case <-queued:
+	case <-time.After(20 * time.Second):
+		t.Fatal("queued request did not run after the streaming client left")
+	}
+	if running, _ := ts.base.Sched.Stats(); running > 1 {
+		t.Errorf("%d running", running)
+	}
+	// The abandoned stream is recorded as closed by the client (499).
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		_, m := ts.get(t, "/metrics")
+		if bytes.Contains(m, []byte(`soo_http_requests_total{code="499",model="soo-demo",route="/v1/completions"} 1`)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no 499 recorded for the abandoned stream:\n%s", m)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
