@@ -32,13 +32,19 @@ func save(p *plot.Plot, w, h vg.Length, path string) error {
 	return nil
 }
 
+// surfaceGrid adapts a count surface to plotter.GridXYZ (column = x index).
 type surfaceGrid struct{ s *measure.Surface }
 
+// Dims returns the grid size.
 func (g surfaceGrid) Dims() (int, int) { return measure.Grid, measure.Grid }
-func (g surfaceGrid) Z(c, r int) float64 {
-	return g.s[c][r]
-}
+
+// Z returns the count at column c (x threshold) and row r (y threshold).
+func (g surfaceGrid) Z(c, r int) float64 { return g.s[c][r] }
+
+// X returns the projection threshold of column c.
 func (g surfaceGrid) X(c int) float64 { x, _ := measure.Thresholds(); return x[c] }
+
+// Y returns the cosine threshold of row r.
 func (g surfaceGrid) Y(r int) float64 { _, y := measure.Thresholds(); return y[r] }
 
 // Heatmap draws a count surface: x = projection threshold toward the fake
