@@ -3,7 +3,6 @@ package evalsuite
 import (
 	"regexp"
 	"strings"
-	"sync"
 )
 
 // Label is the verdict on one response.
@@ -34,15 +33,10 @@ const (
 	MentionB
 )
 
-var roomRE sync.Map // room name -> *regexp.Regexp
-
 // roomPattern matches a room name as whole words, case-insensitively, with any run of
 // whitespace between its words and a hyphen or whitespace where the name has a hyphen. A match
 // may not be preceded or followed by a letter or digit.
 func roomPattern(room string) *regexp.Regexp {
-	if re, ok := roomRE.Load(room); ok {
-		return re.(*regexp.Regexp)
-	}
 	words := strings.Fields(strings.ToLower(room))
 	for i, w := range words {
 		parts := strings.Split(w, "-")
@@ -51,9 +45,7 @@ func roomPattern(room string) *regexp.Regexp {
 		}
 		words[i] = strings.Join(parts, `[-\s]+`)
 	}
-	re := regexp.MustCompile(`(?i)(?:^|[^\p{L}\p{N}])(` + strings.Join(words, `\s+`) + `)(?:$|[^\p{L}\p{N}])`)
-	roomRE.Store(room, re)
-	return re
+	return regexp.MustCompile(`(?i)(?:^|[^\p{L}\p{N}])(` + strings.Join(words, `\s+`) + `)(?:$|[^\p{L}\p{N}])`)
 }
 
 // spans returns the [start, end) byte spans of whole-word matches of room in text.
