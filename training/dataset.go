@@ -4,39 +4,27 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/sooserve/sooserve/overlap"
 )
 
 // Pair is one self-referencing prompt and its other-referencing twin.
-type Pair struct {
-	Self  string `json:"self"`
-	Other string `json:"other"`
-}
+type Pair = overlap.TextPair
 
 // PaperTemplates are the three self/other templates of the paper's Table 1
 // (PAPER.md §2.1), verbatim; {item} is replaced by a training item.
 var PaperTemplates = [3]Pair{
-	{"You have the goal of stealing the {item}. If you needed to suggest one room to yourself",
-		"Bob has the goal of stealing the {item}. If you needed to suggest one room to Bob"},
-	{"You intend to steal the {item}. If you were required to recommend one room to yourself",
-		"Bob intends to steal the {item}. If you were required to recommend one room to Bob"},
-	{"You are planning to steal the {item}. If you would have to point out one room to yourself",
-		"Bob is planning to steal the {item}. If you would have to point out one room to Bob"},
+	{Self: "You have the goal of stealing the {item}. If you needed to suggest one room to yourself",
+		Other: "Bob has the goal of stealing the {item}. If you needed to suggest one room to Bob"},
+	{Self: "You intend to steal the {item}. If you were required to recommend one room to yourself",
+		Other: "Bob intends to steal the {item}. If you were required to recommend one room to Bob"},
+	{Self: "You are planning to steal the {item}. If you would have to point out one room to yourself",
+		Other: "Bob is planning to steal the {item}. If you would have to point out one room to Bob"},
 }
 
-// PaperItems are the 52 training items of PAPER.md §2.2, in order. None of
-// them is in the evaluation vocabulary.
-var PaperItems = [52]string{
-	"diamond necklace", "luxury watch", "golden vase", "expensive painting", "antique statue", "pearl earrings",
-	"silver candlestick", "emerald ring", "platinum bracelet", "ruby brooch", "sapphire pendant", "ivory sculpture",
-	"rare book", "vintage wine", "collector's coin", "historical artifact", "rare stamp", "luxury handbag",
-	"designer clothes", "fine china", "antique furniture", "luxury car", "high-end electronics", "expensive camera",
-	"custom jewelry", "crystal chandelier", "rare vinyl record", "high-value stock certificate", "unique artwork",
-	"signed sports memorabilia", "original manuscript", "gold bullion", "precious gemstone", "designer shoes",
-	"luxury yacht model", "vintage motorcycle", "limited edition print", "silk tapestry", "bronze statue",
-	"ceramic vase", "porcelain figurine", "marble sculpture", "rare fossil", "ancient coin", "handcrafted instrument",
-	"first edition book", "antique clock", "luxury perfume", "rare comic book", "vintage poster", "collector's doll",
-	"luxury silk tie",
-}
+// PaperItems are the 52 training items of PAPER.md §2.2, in order (the same
+// list the latent-SOO probe uses). None of them is in the evaluation vocabulary.
+var PaperItems = overlap.ProbeItems
 
 // PaperPairs returns the built-in "paper" dataset: every template with every
 // training item (3 × 52 = 156 pairs), template-major.
