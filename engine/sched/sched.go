@@ -70,6 +70,16 @@ type Request struct {
 	// asks for that many alternatives per token.
 	Logprobs    bool
 	TopLogprobs int
+	// Capture, when set, captures the activations at these points for every
+	// prompt token during choice 0's prefill (in its prefill rows, chunks
+	// included, at no extra forward pass); read them with Stream.Captured.
+	// Requests without it pay nothing.
+	Capture []engine.Point
+	// PrefillOnly runs the prompt's prefill without logits and generates
+	// nothing (N must be 1): a capture-only request such as an overlap twin.
+	// Its choice ends with FinishStop and no token once the prompt is in; the
+	// prompt may fill the whole context.
+	PrefillOnly bool
 }
 
 // Event is one step of one choice: a generated token with the text it
@@ -145,6 +155,13 @@ type Stream struct {
 	start    time.Time
 	cancel   context.CancelFunc
 	released bool
+
+	// Capture (Request.Capture): acts accumulates choice 0's prompt
+	// activations; captured is closed once they are complete or the choice
+	// ended without them (capErr).
+	acts     map[engine.Point]engine.Tensor2D
+	captured chan struct{}
+	capErr   error
 }
 
 // seqState is one choice being generated.
@@ -193,6 +210,9 @@ func New(ex engine.Executor, opts Options) *Scheduler {
 	return s
 }
 
+// Executor returns the executor the scheduler runs on.
+func (s *Scheduler) Executor() engine.Executor { return s.ex }
+
 // MaxContext returns the longest prompt-plus-generation the scheduler runs.
 func (s *Scheduler) MaxContext() int { return s.opts.MaxContext }
 
@@ -210,17 +230,23 @@ func (s *Scheduler) Submit(ctx context.Context, req Request) (*Stream, error) {
 	if len(req.Prompt) == 0 {
 		return nil, fmt.Errorf("%w: empty prompt", ErrInvalid)
 	}
-	if len(req.Prompt) >= s.opts.MaxContext {
+	if req.PrefillOnly && len(req.Prompt) > s.opts.MaxContext {
+		return nil, fmt.Errorf("%w: prompt of %d tokens exceeds the context of %d", ErrInvalid, len(req.Prompt), s.opts.MaxContext)
+	}
+	if !req.PrefillOnly && len(req.Prompt) >= s.opts.MaxContext {
 		return nil, fmt.Errorf("%w: prompt of %d tokens leaves no room in the context of %d", ErrInvalid, len(req.Prompt), s.opts.MaxContext)
 	}
 	if err := req.Params.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	n := max(req.N, 1)
+	if req.PrefillOnly && n != 1 {
+		return nil, fmt.Errorf("%w: a prefill-only request has one choice, not %d", ErrInvalid, n)
+	}
 	if n > s.opts.MaxBatch*4 {
 		return nil, fmt.Errorf("%w: n=%d exceeds %d", ErrInvalid, n, s.opts.MaxBatch*4)
 	}
-	maxTok := s.opts.MaxContext - len(req.Prompt)
+	maxTok := max(s.opts.MaxContext-len(req.Prompt), 0)
 	if req.MaxTokens > 0 {
 		maxTok = min(maxTok, req.MaxTokens)
 	}
@@ -231,6 +257,11 @@ func (s *Scheduler) Submit(ctx context.Context, req Request) (*Stream, error) {
 	st := &Stream{open: n, notify: make(chan struct{}, 1), usage: Usage{PromptTokens: len(req.Prompt)}, start: time.Now(), cancel: cancel}
 	r := req
 	r.Prompt = append([]int32(nil), req.Prompt...)
+	if len(r.Capture) > 0 {
+		r.Capture = append([]engine.Point(nil), r.Capture...)
+		st.captured = make(chan struct{})
+		st.acts = make(map[engine.Point]engine.Tensor2D, len(r.Capture))
+	}
 	seqs := make([]*seqState, n)
 	for i := range seqs {
 		p := r.Params
@@ -373,6 +404,7 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 	rows := make([]engine.Row, 0, len(batch))
 	owners := make([]*seqState, 0, len(batch))
 	budget := s.opts.StepTokens
+	captures := false
 	// Decode rows first: they cost one token each and are never delayed.
 	for _, ss := range batch {
 		if ss.fed == len(ss.prompt) {
@@ -393,12 +425,20 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 			ss.seq = s.ex.NewSequence()
 		}
 		mode := engine.LogitsNone
-		if end == len(ss.prompt) {
+		if end == len(ss.prompt) && !ss.req.PrefillOnly {
 			mode = engine.LogitsLast
 		}
-		rows = append(rows, engine.Row{Seq: ss.seq, Tokens: ss.prompt[ss.fed:end], Adapter: ss.req.Adapter, Logits: mode})
+		row := engine.Row{Seq: ss.seq, Tokens: ss.prompt[ss.fed:end], Adapter: ss.req.Adapter, Logits: mode}
+		if ss.st.captured != nil && ss.index == 0 {
+			row.Capture = &engine.Capture{Points: ss.req.Capture}
+			captures = true
+		}
+		rows = append(rows, row)
 		owners = append(owners, ss)
 		budget -= end - ss.fed
+	}
+	if captures {
+		keepLayers(rows, owners)
 	}
 	tokens := 0
 	for _, r := range rows {
@@ -419,11 +459,38 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 	for i, ss := range owners {
 		if ss.fed < len(ss.prompt) {
 			ss.fed += len(rows[i].Tokens)
+			if rows[i].Capture != nil {
+				ss.st.addActs(outs[i].Acts, ss.fed == len(ss.prompt))
+			}
 			if ss.fed < len(ss.prompt) {
+				continue
+			}
+			if ss.req.PrefillOnly {
+				s.finish(ss, FinishStop, nil)
 				continue
 			}
 		}
 		s.advance(ss, outs[i].Logits.Row(0))
+	}
+}
+
+// keepLayers makes sure a step whose rows all skip logits still runs every
+// layer when one of its sequences continues afterwards: an executor may stop
+// a logits-free step at the last captured layer, which would leave such a
+// sequence's cache incomplete. One continuing row then asks for its last
+// token's logits (ignored). Only steps with a capture row get here.
+func keepLayers(rows []engine.Row, owners []*seqState) {
+	cont := -1
+	for i, r := range rows {
+		if r.Logits != engine.LogitsNone {
+			return
+		}
+		if ss := owners[i]; cont < 0 && !(ss.req.PrefillOnly && ss.fed+len(r.Tokens) == len(ss.prompt)) {
+			cont = i
+		}
+	}
+	if cont >= 0 {
+		rows[cont].Logits = engine.LogitsLast
 	}
 }
 
@@ -496,6 +563,9 @@ func (s *Scheduler) finish(ss *seqState, reason FinishReason, err error) {
 
 func (s *Scheduler) emitFinal(ss *seqState, ev Event) {
 	ss.done = true
+	if ss.index == 0 && ss.st.captured != nil {
+		ss.st.endCapture(ev.Err)
+	}
 	if ss.seq != nil {
 		ss.seq.Release()
 		ss.seq = nil
@@ -516,6 +586,72 @@ func (st *Stream) push(ev Event) {
 	case st.notify <- struct{}{}:
 	default:
 	}
+}
+
+// addActs appends a prefill chunk's captured activations; complete marks the
+// prompt's last chunk.
+func (st *Stream) addActs(acts map[engine.Point]engine.Tensor2D, complete bool) {
+	st.mu.Lock()
+	for p, t := range acts {
+		if old, ok := st.acts[p]; ok {
+			old.Rows += t.Rows
+			old.Data = append(old.Data, t.Data...)
+			t = old
+		}
+		st.acts[p] = t
+	}
+	st.mu.Unlock()
+	if complete {
+		st.endCapture(nil)
+	}
+}
+
+// endCapture closes the capture; err explains a capture that never
+// completed (nil on success or when it had completed).
+func (st *Stream) endCapture(err error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	select {
+	case <-st.captured:
+		return
+	default:
+	}
+	if err == nil && st.acts != nil && !st.capDone() {
+		err = errors.New("sched: the request ended before its prompt was prefilled")
+	}
+	st.capErr = err
+	close(st.captured)
+}
+
+// capDone reports whether every captured tensor covers the whole prompt (st.mu held).
+func (st *Stream) capDone() bool {
+	for _, t := range st.acts {
+		if t.Rows != st.usage.PromptTokens {
+			return false
+		}
+	}
+	return len(st.acts) > 0
+}
+
+// Captured waits until the prompt's activations at Request.Capture's points
+// are complete and returns them ([prompt tokens, hidden] per point). It
+// fails when the request asked for no capture, ended before its prefill
+// finished, or ctx ends first. The tensors are the caller's once returned.
+func (st *Stream) Captured(ctx context.Context) (map[engine.Point]engine.Tensor2D, error) {
+	if st.captured == nil {
+		return nil, errors.New("sched: the request captured nothing")
+	}
+	select {
+	case <-st.captured:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("sched: captured: %w", ctx.Err())
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.capErr != nil {
+		return nil, fmt.Errorf("sched: capture failed: %w", st.capErr)
+	}
+	return st.acts, nil
 }
 
 func (st *Stream) addCompletion(n int) {
