@@ -4,9 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/sooserve/sooserve/internal/atomicfile"
 )
 
 // Record is one line of responses.jsonl: a prompt, the model's response and its label.
@@ -252,12 +253,8 @@ func (r *Report) WriteFiles(dir string) error {
 }
 
 func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("evalsuite: writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("evalsuite: writing %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, b); err != nil {
+		return fmt.Errorf("evalsuite: %w", err)
 	}
 	return nil
 }

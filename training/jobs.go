@@ -18,6 +18,7 @@ import (
 	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/engine/cpu"
 	"github.com/sooserve/sooserve/engine/lora"
+	"github.com/sooserve/sooserve/internal/atomicfile"
 )
 
 // Job statuses.
@@ -463,7 +464,7 @@ func (m *Manager) persist(j *Job) error {
 	if err != nil {
 		return fmt.Errorf("training: persist job: %w", err)
 	}
-	return writeAtomic(filepath.Join(dir, "job.json"), b)
+	return atomicfile.WriteFile(filepath.Join(dir, "job.json"), b)
 }
 
 func (m *Manager) publish(ev Event) {
@@ -493,24 +494,4 @@ func newID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return "sooj-" + hex.EncodeToString(b[:])
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp*")
-	if err != nil {
-		return fmt.Errorf("training: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("training: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("training: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("training: %w", err)
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/sooserve/sooserve/internal/atomicfile"
 )
 
 // Write encodes tensors (in name order, contiguous) with optional metadata to w.
@@ -60,27 +60,10 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 	return nil
 }
 
-// WriteFile writes tensors to path atomically: a temporary file in the same
-// directory is written, synced and renamed over path.
+// WriteFile writes tensors to path atomically (see internal/atomicfile).
 func WriteFile(path string, tensors []Tensor, metadata map[string]string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+	if err := atomicfile.Write(path, func(w io.Writer) error { return Write(w, tensors, metadata) }); err != nil {
 		return fmt.Errorf("safetensors: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := Write(tmp, tensors, metadata); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("safetensors: sync: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("safetensors: close: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("safetensors: rename: %w", err)
 	}
 	return nil
 }

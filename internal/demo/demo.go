@@ -24,6 +24,7 @@ import (
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/safetensors"
 	"github.com/sooserve/sooserve/engine/tokenizer"
+	"github.com/sooserve/sooserve/internal/atomicfile"
 )
 
 // Name is the demo model's directory name and default API id.
@@ -267,11 +268,11 @@ func Write(dir string) error {
 		{"tokenizer_config.json", append(tcJSON, '\n')},
 		{"generation_config.json", append(genJSON, '\n')},
 	} {
-		if err := writeAtomic(filepath.Join(dir, f.name), f.data); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, f.name), f.data); err != nil {
 			return err
 		}
 	}
-	return writeAtomic(filepath.Join(dir, "config.json"), append(cfgJSON, '\n'))
+	return atomicfile.WriteFile(filepath.Join(dir, "config.json"), append(cfgJSON, '\n'))
 }
 
 // weights draws every tensor of cfg from a seeded normal distribution
@@ -328,24 +329,4 @@ func Ensure(dir string) (bool, error) {
 		return false, err
 	}
 	return true, nil
-}
-
-// writeAtomic writes data to path through a temporary file and a rename.
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("demo: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("demo: write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("demo: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("demo: %w", err)
-	}
-	return nil
 }
