@@ -9,6 +9,7 @@ import (
 	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/safetensors"
+	"github.com/sooserve/sooserve/internal/atomicfile"
 )
 
 // Key returns the PEFT tensor name of an A or B matrix
@@ -64,29 +65,7 @@ func WriteDir(dir string, a *lora.Adapter, cfg *Config) error {
 	if err != nil {
 		return fmt.Errorf("adapters: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(dir, ConfigFile), b)
-}
-
-// writeFileAtomic writes data to a temporary file beside path, syncs it and
-// renames it into place.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("adapters: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("adapters: write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("adapters: sync %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("adapters: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, ConfigFile), b); err != nil {
 		return fmt.Errorf("adapters: %w", err)
 	}
 	return nil
