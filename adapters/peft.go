@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -52,36 +54,36 @@ func (c *Config) Targets() ([]string, error) {
 	if err := json.Unmarshal(c.TargetModules, &list); err == nil {
 		return list, nil
 	}
-	return nil, fmt.Errorf("target_modules must be a list of module names, got %s", c.TargetModules)
+	return nil, invalid("target_modules must be a list of module names, got %s", c.TargetModules)
 }
 
 // ParseConfig decodes and checks adapter_config.json.
 func ParseConfig(data []byte) (*Config, error) {
 	var c Config
 	if err := json.Unmarshal(data, &c); err != nil {
-		return nil, fmt.Errorf("adapters: %s: %w", ConfigFile, err)
+		return nil, typed(ErrInvalid, err, "adapters: %s is not valid", ConfigFile)
 	}
 	if !strings.EqualFold(c.PEFTType, "LORA") {
-		return nil, fmt.Errorf("adapters: %s: peft_type %q is not supported (only LORA)", ConfigFile, c.PEFTType)
+		return nil, invalid("adapters: %s: peft_type %q is not supported (only LORA)", ConfigFile, c.PEFTType)
 	}
 	if c.UseDoRA {
-		return nil, fmt.Errorf("adapters: %s: DoRA (use_dora) is not supported", ConfigFile)
+		return nil, invalid("adapters: %s: DoRA (use_dora) is not supported", ConfigFile)
 	}
 	if len(c.ModulesToSave) > 0 {
-		return nil, fmt.Errorf("adapters: %s: modules_to_save %v is not supported", ConfigFile, c.ModulesToSave)
+		return nil, invalid("adapters: %s: modules_to_save %v is not supported", ConfigFile, c.ModulesToSave)
 	}
 	if c.R <= 0 {
-		return nil, fmt.Errorf("adapters: %s: r must be positive, got %d", ConfigFile, c.R)
+		return nil, invalid("adapters: %s: r must be positive, got %d", ConfigFile, c.R)
 	}
 	if len(c.RankPattern) > 0 || len(c.AlphaPattern) > 0 {
-		return nil, fmt.Errorf("adapters: %s: rank_pattern/alpha_pattern are not supported", ConfigFile)
+		return nil, invalid("adapters: %s: rank_pattern/alpha_pattern are not supported", ConfigFile)
 	}
 	if c.Bias != "" && c.Bias != "none" {
-		return nil, fmt.Errorf("adapters: %s: bias %q is not supported (only \"none\")", ConfigFile, c.Bias)
+		return nil, invalid("adapters: %s: bias %q is not supported (only \"none\")", ConfigFile, c.Bias)
 	}
 	targets, err := c.Targets()
 	if err != nil {
-		return nil, fmt.Errorf("adapters: %s: %w", ConfigFile, err)
+		return nil, typed(ErrInvalid, err, "adapters: %s", ConfigFile)
 	}
 	var unknown []string
 	for _, t := range targets {
@@ -90,7 +92,7 @@ func ParseConfig(data []byte) (*Config, error) {
 		}
 	}
 	if len(unknown) > 0 {
-		return nil, fmt.Errorf("adapters: %s: unsupported target modules %v (supported: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)", ConfigFile, unknown)
+		return nil, invalid("adapters: %s: unsupported target modules %v%s (supported: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)", ConfigFile, unknown, embeddingNote(unknown))
 	}
 	return &c, nil
 }
@@ -104,16 +106,19 @@ var keyRE = regexp.MustCompile(`^base_model\.model\.model\.layers\.(\d+)\.(self_
 func Bind(name string, cfg *Config, src model.TensorSource, names []string, base *model.Config) (*lora.Adapter, error) {
 	targets, err := cfg.Targets()
 	if err != nil {
-		return nil, fmt.Errorf("adapters: %w", err)
+		return nil, err
 	}
 	a := &lora.Adapter{Name: name, Rank: cfg.R, Alpha: cfg.LoRAAlpha, RSLoRA: cfg.UseRSLoRA,
 		Layers: make([][model.NumModules]*lora.Pair, base.Layers)}
 	scale := lora.Scale(cfg.LoRAAlpha, cfg.R, cfg.UseRSLoRA)
-	var bad []string
+	var bad, embedding []string
 	seen := map[model.Module]bool{}
 	for _, key := range names {
 		m := keyRE.FindStringSubmatch(key)
 		if m == nil {
+			if strings.Contains(key, "lora_embedding") || strings.Contains(key, "embed_tokens") || strings.Contains(key, "lm_head") {
+				embedding = append(embedding, key)
+			}
 			bad = append(bad, key)
 			continue
 		}
@@ -124,9 +129,17 @@ func Bind(name string, cfg *Config, src model.TensorSource, names []string, base
 			continue
 		}
 		t, _ := src.Tensor(key)
+		if t.DType != safetensors.F32 && t.DType != safetensors.F16 && t.DType != safetensors.BF16 {
+			return nil, invalid("adapters: %s has dtype %s (supported: F32, F16, BF16)", key, t.DType)
+		}
 		vals, err := t.Float32()
 		if err != nil {
-			return nil, fmt.Errorf("adapters: %s: %w", key, err)
+			return nil, typed(ErrInvalid, err, "adapters: %s", key)
+		}
+		for _, v := range vals {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, invalid("adapters: %s has a non-finite value (%v)", key, v)
+			}
 		}
 		out, in := base.Shape(mod)
 		p := a.Layers[layer][mod]
@@ -139,7 +152,7 @@ func Bind(name string, cfg *Config, src model.TensorSource, names []string, base
 			want = []int{out, cfg.R}
 		}
 		if !slices.Equal(t.Shape, want) {
-			return nil, fmt.Errorf("adapters: %s has shape %v, want %v for the base model", key, t.Shape, want)
+			return nil, invalid("adapters: %s has shape %v, want %v for the base model", key, t.Shape, want)
 		}
 		if m[4] == "A" {
 			p.A = vals
@@ -148,16 +161,16 @@ func Bind(name string, cfg *Config, src model.TensorSource, names []string, base
 		}
 		seen[mod] = true
 	}
+	if len(embedding) > 0 {
+		return nil, invalid("adapters: embedding LoRA is not supported: %s", strings.Join(firstFew(embedding), ", "))
+	}
 	if len(bad) > 0 {
-		if len(bad) > 5 {
-			bad = append(bad[:5], fmt.Sprintf("and %d more", len(bad)-5))
-		}
-		return nil, fmt.Errorf("adapters: tensors that are not LoRA A/B weights of a target module of the base model: %s", strings.Join(bad, ", "))
+		return nil, invalid("adapters: tensors that are not LoRA A/B weights of a target module of the base model: %s", strings.Join(firstFew(bad), ", "))
 	}
 	for l, mods := range a.Layers {
 		for mod, p := range mods {
 			if p != nil && (p.A == nil || p.B == nil) {
-				return nil, fmt.Errorf("adapters: layer %d %s has only one of lora_A/lora_B", l, model.Module(mod))
+				return nil, invalid("adapters: layer %d %s has only one of lora_A/lora_B", l, model.Module(mod))
 			}
 		}
 	}
@@ -167,14 +180,20 @@ func Bind(name string, cfg *Config, src model.TensorSource, names []string, base
 		}
 	}
 	if len(a.Modules) == 0 {
-		return nil, errors.New("adapters: adapter has no LoRA weights")
+		return nil, invalid("adapters: adapter has no LoRA weights")
 	}
-	return a, a.Validate(base)
+	if err := a.Validate(base); err != nil {
+		return nil, typed(ErrInvalid, err, "adapters: adapter %q does not fit the base model", name)
+	}
+	return a, nil
 }
 
 // LoadDir reads a PEFT adapter directory and binds it to the base model.
 func LoadDir(name, dir string, base *model.Config) (*lora.Adapter, *Config, error) {
 	b, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, typed(ErrInvalid, err, "adapters: %s has no %s", dir, ConfigFile)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("adapters: %w", err)
 	}
@@ -183,6 +202,9 @@ func LoadDir(name, dir string, base *model.Config) (*lora.Adapter, *Config, erro
 		return nil, nil, err
 	}
 	f, err := safetensors.Open(filepath.Join(dir, WeightsFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, typed(ErrInvalid, err, "adapters: %s has no %s", dir, WeightsFile)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("adapters: %w", err)
 	}
@@ -199,7 +221,25 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 // ValidateName checks an adapter name: 1 to 64 of [A-Za-z0-9._-], not "." or "..".
 func ValidateName(name string) error {
 	if !nameRE.MatchString(name) || name == "." || name == ".." {
-		return fmt.Errorf("adapter name %q must be 1-64 characters of A-Z a-z 0-9 . _ - (and not . or ..)", name)
+		return invalid("adapter name %q must be 1-64 characters of A-Z a-z 0-9 . _ - (and not . or ..)", name)
 	}
 	return nil
+}
+
+// firstFew returns up to five names and a count of the rest.
+func firstFew(names []string) []string {
+	if len(names) > 5 {
+		return append(slices.Clone(names[:5]), fmt.Sprintf("and %d more", len(names)-5))
+	}
+	return names
+}
+
+// embeddingNote explains rejected embedding/head targets.
+func embeddingNote(unknown []string) string {
+	for _, u := range unknown {
+		if u == "embed_tokens" || u == "lm_head" || strings.Contains(u, "embed") {
+			return " (embedding LoRA is not supported)"
+		}
+	}
+	return ""
 }
