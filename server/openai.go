@@ -164,10 +164,6 @@ func (s *Server) params(f *samplingFields, g *generation) error {
 			return Invalid("response_format", "unknown response_format type %q (want text or json_object)", rf.Type)
 		}
 	}
-	if len(f.SOO) > 0 && string(f.SOO) != "null" {
-		// The overlap extension plugs in here once the overlap package exists.
-		return Invalid("soo", "the soo extension is not available on this server yet")
-	}
 	return nil
 }
 
@@ -337,6 +333,10 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if maxTok == nil {
 		maxTok, param = req.MaxTokens, "max_tokens"
 	}
+	soo, err := parseSOO(req.SOO, target.Base)
+	if err != nil {
+		return err
+	}
 	text, err := renderChat(c.UserContext(), target.Base, msgs)
 	if err != nil {
 		return err
@@ -348,15 +348,25 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if g.req.MaxTokens, err = checkLength(target.Base, len(prompt), maxTok, param); err != nil {
 		return err
 	}
+	if soo != nil {
+		if err := soo.chatTwin(c.UserContext(), s, target.Base, msgs); err != nil {
+			return err
+		}
+	}
 	g.req.Prompt, g.req.Adapter, g.req.EOS = prompt, target.Adapter, target.Base.Tokenizer.EOS()
+	soo.prepare(g)
 	if err := s.submit(g); err != nil {
 		return err
 	}
 	id, created := newID("chatcmpl-"), time.Now().Unix()
+	if err := soo.start(s, g, id); err != nil {
+		g.cancel()
+		return err
+	}
 	if req.Stream {
 		includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
 		s.streamBody(c, g, "text/event-stream", func(w *bufio.Writer) int {
-			return s.streamChat(w, g, id, created, includeUsage)
+			return s.streamChat(w, g, id, created, includeUsage, soo)
 		})
 		return nil
 	}
@@ -377,10 +387,14 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 			"finish_reason": ch.finish,
 		}
 	}
-	return c.JSON(fiber.Map{
+	resp := fiber.Map{
 		"id": id, "object": "chat.completion", "created": created, "model": target.ID,
 		"system_fingerprint": nil, "choices": out, "usage": usageObject(g.stream.Usage()),
-	})
+	}
+	if err := soo.attach(s.ctx, resp); err != nil {
+		return err
+	}
+	return c.JSON(resp)
 }
 
 type chatTop struct {
@@ -414,7 +428,9 @@ func usageObject(u sched.Usage) fiber.Map {
 }
 
 // streamChat writes a chat completion as server-sent events.
-func (s *Server) streamChat(w *bufio.Writer, g *generation, id string, created int64, includeUsage bool) int {
+// With the "soo" extension the overlap goes on the final chunk: the usage
+// chunk, or without one the chunk that finishes the last choice.
+func (s *Server) streamChat(w *bufio.Writer, g *generation, id string, created int64, includeUsage bool, soo *sooExt) int {
 	chunk := func(choices []fiber.Map) fiber.Map {
 		m := fiber.Map{"id": id, "object": "chat.completion.chunk", "created": created, "model": g.target.ID, "system_fingerprint": nil, "choices": choices}
 		if includeUsage {
@@ -428,6 +444,7 @@ func (s *Server) streamChat(w *bufio.Writer, g *generation, id string, created i
 			return 499
 		}
 	}
+	finished := 0
 	err := s.drive(g, func(ev sched.Event) error {
 		if ev.Text == "" && ev.Finish == "" && !(ev.HasToken && g.req.Logprobs) {
 			return nil
@@ -443,8 +460,15 @@ func (s *Server) streamChat(w *bufio.Writer, g *generation, id string, created i
 		var fin any
 		if ev.Finish != "" {
 			fin = ev.Finish
+			finished++
 		}
-		return writeSSE(w, chunk([]fiber.Map{{"index": ev.Index, "delta": delta, "logprobs": lp, "finish_reason": fin}}))
+		m := chunk([]fiber.Map{{"index": ev.Index, "delta": delta, "logprobs": lp, "finish_reason": fin}})
+		if !includeUsage && finished == g.req.N && ev.Finish != "" {
+			if err := soo.attach(s.ctx, m); err != nil {
+				return err
+			}
+		}
+		return writeSSE(w, m)
 	})
 	if err != nil {
 		return s.streamError(w, err, true)
@@ -452,6 +476,9 @@ func (s *Server) streamChat(w *bufio.Writer, g *generation, id string, created i
 	if includeUsage {
 		m := chunk([]fiber.Map{})
 		m["usage"] = usageObject(g.stream.Usage())
+		if err := soo.attach(s.ctx, m); err != nil {
+			return s.streamError(w, err, true)
+		}
 		if err := writeSSE(w, m); err != nil {
 			return 499
 		}
@@ -548,6 +575,10 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	if req.ResponseFormat != nil && req.ResponseFormat.Type == "json_object" && !strings.Contains(strings.ToLower(string(req.Prompt)), "json") {
 		return Invalid("prompt", "the prompt must contain the word 'json' in some form to use 'response_format' of type 'json_object'")
 	}
+	soo, err := parseSOO(req.SOO, target.Base)
+	if err != nil {
+		return err
+	}
 	prompt, promptText, err := s.completionPrompt(target.Base, req.Prompt)
 	if err != nil {
 		return err
@@ -560,7 +591,13 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	if g.req.MaxTokens, err = checkLength(target.Base, len(prompt), maxTok, "max_tokens"); err != nil {
 		return err
 	}
+	if soo != nil {
+		if err := soo.promptTwin(s, target.Base, req.Prompt, promptText); err != nil {
+			return err
+		}
+	}
 	g.req.Prompt, g.req.Adapter, g.req.EOS = prompt, target.Adapter, target.Base.Tokenizer.EOS()
+	soo.prepare(g)
 	if err := s.submit(g); err != nil {
 		return err
 	}
@@ -569,10 +606,14 @@ func (s *Server) completions(c *fiber.Ctx) error {
 		echo = promptText
 	}
 	id, created := newID("cmpl-"), time.Now().Unix()
+	if err := soo.start(s, g, id); err != nil {
+		g.cancel()
+		return err
+	}
 	if req.Stream {
 		includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
 		s.streamBody(c, g, "text/event-stream", func(w *bufio.Writer) int {
-			return s.streamCompletion(w, g, id, created, echo, includeUsage)
+			return s.streamCompletion(w, g, id, created, echo, includeUsage, soo)
 		})
 		return nil
 	}
@@ -588,10 +629,14 @@ func (s *Server) completions(c *fiber.Ctx) error {
 		}
 		out[i] = fiber.Map{"index": i, "text": echo + ch.text.String(), "logprobs": lp, "finish_reason": ch.finish}
 	}
-	return c.JSON(fiber.Map{
+	resp := fiber.Map{
 		"id": id, "object": "text_completion", "created": created, "model": target.ID,
 		"system_fingerprint": nil, "choices": out, "usage": usageObject(g.stream.Usage()),
-	})
+	}
+	if err := soo.attach(s.ctx, resp); err != nil {
+		return err
+	}
+	return c.JSON(resp)
 }
 
 type completionLogprobs struct {
@@ -625,7 +670,8 @@ func (s *Server) completionLogprobs(g *generation, evs []sched.Event, offset int
 }
 
 // streamCompletion writes a text completion as server-sent events.
-func (s *Server) streamCompletion(w *bufio.Writer, g *generation, id string, created int64, echo string, includeUsage bool) int {
+// The "soo" overlap goes on the final chunk, as in streamChat.
+func (s *Server) streamCompletion(w *bufio.Writer, g *generation, id string, created int64, echo string, includeUsage bool, soo *sooExt) int {
 	chunk := func(choices []fiber.Map) fiber.Map {
 		m := fiber.Map{"id": id, "object": "text_completion", "created": created, "model": g.target.ID, "system_fingerprint": nil, "choices": choices}
 		if includeUsage {
@@ -643,6 +689,7 @@ func (s *Server) streamCompletion(w *bufio.Writer, g *generation, id string, cre
 			offsets[i] = len(echo)
 		}
 	}
+	finished := 0
 	err := s.drive(g, func(ev sched.Event) error {
 		if ev.Text == "" && ev.Finish == "" && !(ev.HasToken && g.req.Logprobs) {
 			return nil
@@ -656,8 +703,15 @@ func (s *Server) streamCompletion(w *bufio.Writer, g *generation, id string, cre
 		var fin any
 		if ev.Finish != "" {
 			fin = ev.Finish
+			finished++
 		}
-		return writeSSE(w, chunk([]fiber.Map{{"index": ev.Index, "text": ev.Text, "logprobs": lp, "finish_reason": fin}}))
+		m := chunk([]fiber.Map{{"index": ev.Index, "text": ev.Text, "logprobs": lp, "finish_reason": fin}})
+		if !includeUsage && finished == g.req.N && ev.Finish != "" {
+			if err := soo.attach(s.ctx, m); err != nil {
+				return err
+			}
+		}
+		return writeSSE(w, m)
 	})
 	if err != nil {
 		return s.streamError(w, err, true)
@@ -665,6 +719,9 @@ func (s *Server) streamCompletion(w *bufio.Writer, g *generation, id string, cre
 	if includeUsage {
 		m := chunk([]fiber.Map{})
 		m["usage"] = usageObject(g.stream.Usage())
+		if err := soo.attach(s.ctx, m); err != nil {
+			return s.streamError(w, err, true)
+		}
 		if err := writeSSE(w, m); err != nil {
 			return 499
 		}

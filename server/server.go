@@ -36,6 +36,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/sooserve/sooserve/overlap"
 )
 
 // Limits bound what a request may ask for; requests beyond them get 400s
@@ -83,6 +85,10 @@ type Options struct {
 	// Version is reported by /api/version; default the Ollama API version
 	// the routes follow.
 	Version string
+	// OverlapStore keeps per-request overlap records (overlap.go); nil means
+	// an in-memory overlap.Ring of OverlapRing records (0: the default size).
+	OverlapStore overlap.Store
+	OverlapRing  int
 }
 
 // Server is the HTTP server. Models are set with SetModels once loaded;
@@ -101,6 +107,8 @@ type Server struct {
 	cancel context.CancelFunc
 
 	paths map[string]bool // static route paths, for metrics labels
+
+	soo sooState // overlap records and training (overlap.go, training.go)
 }
 
 // New returns a server with its routes registered.
@@ -125,6 +133,7 @@ func New(opts Options) *Server {
 		ReadTimeout:           2 * time.Minute,
 		IdleTimeout:           2 * time.Minute,
 	})
+	s.initSOO()
 	s.routes()
 	s.paths = map[string]bool{}
 	for _, r := range s.app.GetRoutes(true) {
@@ -146,6 +155,8 @@ func (s *Server) routes() {
 		return nil
 	})
 	s.registerOpenAI(s.app.Group("/v1"))
+	s.registerOverlap(s.app.Group("/v1"))
+	s.registerTraining(s.app.Group("/v1"))
 	s.registerOllama(s.app.Group("/api"))
 }
 
@@ -177,6 +188,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // generations are cancelled and the connections closed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
+	s.soo.stopStream() // endless event streams end; generations drain
 	done := make(chan error, 1)
 	go func() { done <- s.app.ShutdownWithContext(context.Background()) }()
 	select {

@@ -1,0 +1,237 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/sooserve/sooserve/engine/chat"
+	"github.com/sooserve/sooserve/engine/cpu"
+	"github.com/sooserve/sooserve/engine/tokenizer"
+	"github.com/sooserve/sooserve/overlap"
+	"github.com/sooserve/sooserve/training"
+)
+
+// Training routes (DESIGN §3):
+//
+//	POST /v1/soo/jobs              training.JobRequest -> 201 the job ("status":"queued")
+//	GET  /v1/soo/jobs              {"object":"list","data":[jobs, newest first]}
+//	GET  /v1/soo/jobs/{id}         status, progress, losses, overlap before/after
+//	GET  /v1/soo/jobs/{id}/events  server-sent events {"type":"status"|"progress","job":{...}}
+//	POST /v1/soo/jobs/{id}/cancel  the job (a running job turns "cancelled" shortly after)
+//
+// The event stream starts with the job as it is, then one event per change,
+// and ends after the event of a finished job (succeeded, failed or
+// cancelled). Until SetTraining installs a manager these routes answer 503.
+
+// trainerRef holds the training manager, set once the model is loaded.
+type trainerRef struct {
+	p atomic.Pointer[training.Manager]
+}
+
+// SetTraining installs the training job manager behind /v1/soo/jobs (nil
+// removes it). The caller runs it (Manager.Run) and stops it.
+func (s *Server) SetTraining(m *training.Manager) { s.soo.trainer.p.Store(m) }
+
+// registerTraining adds the training routes under /v1.
+func (s *Server) registerTraining(r fiber.Router) {
+	r.Post("/soo/jobs", s.submitJob)
+	r.Get("/soo/jobs", s.listJobs)
+	r.Get("/soo/jobs/:id", s.getJob)
+	r.Get("/soo/jobs/:id/events", s.jobEvents)
+	r.Post("/soo/jobs/:id/cancel", s.cancelJob)
+}
+
+func (s *Server) trainer() (*training.Manager, error) {
+	m := s.soo.trainer.p.Load()
+	if m == nil {
+		if !s.ready.Load() {
+			return nil, Unavailable("model_loading", "the model is still loading")
+		}
+		return nil, Unavailable("training_unavailable", "SOO training is not enabled on this server")
+	}
+	return m, nil
+}
+
+// jobError maps the training package's errors to API errors.
+func jobError(err error, id string) error {
+	var re *training.RequestError
+	switch {
+	case errors.As(err, &re):
+		return &Error{Status: http.StatusBadRequest, Type: TypeInvalidRequest, Param: re.Param, Message: re.Message, Err: err}
+	case errors.Is(err, training.ErrNotFound):
+		return NotFound("id", "job_not_found", "no training job %q", id)
+	}
+	return fmt.Errorf("training: %w", err)
+}
+
+// submitJob is POST /v1/soo/jobs.
+func (s *Server) submitJob(c *fiber.Ctx) error {
+	m, err := s.trainer()
+	if err != nil {
+		return err
+	}
+	var req training.JobRequest
+	if err := decodeJSON(c.Body(), &req); err != nil {
+		return err
+	}
+	c.Locals(localModel, req.Model)
+	job, err := m.Submit(req)
+	if err != nil {
+		return jobError(err, "")
+	}
+	return c.Status(http.StatusCreated).JSON(job)
+}
+
+// listJobs is GET /v1/soo/jobs.
+func (s *Server) listJobs(c *fiber.Ctx) error {
+	m, err := s.trainer()
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"object": "list", "data": m.List()})
+}
+
+// getJob is GET /v1/soo/jobs/{id}.
+func (s *Server) getJob(c *fiber.Ctx) error {
+	m, err := s.trainer()
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	job, err := m.Get(id)
+	if err != nil {
+		return jobError(err, id)
+	}
+	return c.JSON(job)
+}
+
+// cancelJob is POST /v1/soo/jobs/{id}/cancel.
+func (s *Server) cancelJob(c *fiber.Ctx) error {
+	m, err := s.trainer()
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	job, err := m.Cancel(id)
+	if err != nil {
+		return jobError(err, id)
+	}
+	return c.JSON(job)
+}
+
+// finished reports whether a job status is terminal.
+func finished(status string) bool {
+	return status == training.StatusSucceeded || status == training.StatusFailed || status == training.StatusCancelled
+}
+
+// jobPoll is how often an event stream re-reads its job, so that it ends
+// even when it missed the final event (slow subscribers miss events).
+var jobPoll = time.Second
+
+// jobEvents is GET /v1/soo/jobs/{id}/events.
+func (s *Server) jobEvents(c *fiber.Ctx) error {
+	m, err := s.trainer()
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	ch, unsub := m.Subscribe(id)
+	job, err := m.Get(id)
+	if err != nil {
+		unsub()
+		return jobError(err, id)
+	}
+	ctx := s.soo.streams
+	s.sse(c, func(w *bufio.Writer) int {
+		defer unsub()
+		if writeSSE(w, training.Event{Type: "status", Job: job}) != nil {
+			return 499
+		}
+		if finished(job.Status) {
+			return http.StatusOK
+		}
+		poll := time.NewTicker(jobPoll)
+		defer poll.Stop()
+		idle := time.Now()
+		for {
+			select {
+			case ev, ok := <-ch:
+				if !ok {
+					return http.StatusOK
+				}
+				if writeSSE(w, ev) != nil {
+					return 499
+				}
+				idle = time.Now()
+				if ev.Type == "status" && finished(ev.Job.Status) {
+					return http.StatusOK
+				}
+			case <-poll.C:
+				j, err := m.Get(id)
+				if err == nil && finished(j.Status) {
+					_ = writeSSE(w, training.Event{Type: "status", Job: j})
+					return http.StatusOK
+				}
+				if time.Since(idle) >= sseKeepAlive {
+					if writeComment(w, "keep-alive") != nil {
+						return 499
+					}
+					idle = time.Now()
+				}
+			case <-ctx.Done():
+				return http.StatusOK
+			}
+		}
+	})
+	return nil
+}
+
+// ErrNoRegistry is what TrainingEnv's Register returns until an adapter
+// registry is wired in: jobs then train but fail at registration.
+var ErrNoRegistry = errors.New("adapter registry not available: the trained adapter cannot be registered")
+
+// TrainingEnv builds the environment of SOO training jobs on b: its cpu
+// executor, tokenization raw or through its chat template (one user turn
+// with the generation prompt), the latent-SOO probe pairs for the overlap
+// before and after, and the base's id and directory. Register returns
+// ErrNoRegistry: set it to the adapter registry's registration.
+func TrainingEnv(ctx context.Context, b *Base) (training.Env, error) {
+	ex, ok := b.Sched.Executor().(*cpu.Executor)
+	if !ok {
+		return training.Env{}, fmt.Errorf("training: the base %q does not run on the cpu executor", b.ID)
+	}
+	encode := func(text string, useChat bool) ([]int32, error) {
+		if !useChat {
+			return b.Tokenizer.Encode(text, tokenizer.EncodeOptions{AddSpecial: true})
+		}
+		if b.Template == nil {
+			return nil, fmt.Errorf("model %q has no chat template (set chat_template false)", b.ID)
+		}
+		s, err := b.Template.Render(ctx, []chat.Message{{Role: "user", Content: text}}, chat.RenderOptions{AddGenerationPrompt: true})
+		if err != nil {
+			return nil, fmt.Errorf("chat template: %w", err)
+		}
+		return b.Tokenizer.Encode(s, tokenizer.EncodeOptions{ParseSpecial: true})
+	}
+	pairs, err := overlap.EncodePairs(b.Tokenizer, overlap.ProbePairs())
+	if err != nil {
+		return training.Env{}, fmt.Errorf("training: probe pairs: %w", err)
+	}
+	return training.Env{
+		Executor: ex,
+		Encode:   encode,
+		Probe:    training.ProbeAtLayer(ex, pairs),
+		Register: func(context.Context, string, string) error {
+			return ErrNoRegistry
+		},
+		ModelName:     b.ID,
+		BaseModelPath: b.Dir,
+	}, nil
+}
