@@ -8,7 +8,7 @@
 //	--addr         SOO_ADDR          listen address (127.0.0.1:8080)
 //	--data         SOO_DATA          data directory (./soo-data)
 //	--api-key      SOO_API_KEY       bearer key for every route but /health
-//	--redis        SOO_REDIS_URL     redis://host:port/db (accepted; not used yet)
+//	--redis        SOO_REDIS_URL     redis://host:port/db: adapters shared by several replicas
 //	--backend      SOO_BACKEND       cpu (xla:cpu, xla:cuda: not wired yet)
 //	--dtype        SOO_DTYPE         f32 or bf16 (default: as stored)
 //	--max-batch    SOO_MAX_BATCH     concurrent sequences per step (8)
@@ -35,6 +35,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/internal/demo"
 	"github.com/sooserve/sooserve/server"
@@ -85,7 +86,7 @@ func parse(args []string, env func(string) string, out io.Writer) (*config, erro
 	str(&c.Addr, "addr", "SOO_ADDR", "127.0.0.1:8080", "listen address")
 	str(&c.Data, "data", "SOO_DATA", "./soo-data", "data directory: adapters, jobs, checkpoints, downloads")
 	str(&c.APIKey, "api-key", "SOO_API_KEY", "", "require Authorization: Bearer KEY on every route but /health")
-	str(&c.Redis, "redis", "SOO_REDIS_URL", "", "redis://host:port/db for several replicas (not used yet)")
+	str(&c.Redis, "redis", "SOO_REDIS_URL", "", "redis://host:port/db: keep adapters in Redis, shared by several replicas (default: <data>/adapters)")
 	str(&c.Backend, "backend", "SOO_BACKEND", "cpu", "cpu, xla:cpu or xla:cuda")
 	str(&c.DType, "dtype", "SOO_DTYPE", "", "weight dtype: f32 or bf16 (default: as stored)")
 	num(&c.MaxBatch, "max-batch", "SOO_MAX_BATCH", 8, "concurrent sequences per decode step")
@@ -136,14 +137,12 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if c.Redis != "" {
-		log.Warn("--redis is accepted but not used yet: this replica keeps its registry and jobs in memory and in the data dir", "redis", c.Redis)
-	}
 	if err := os.MkdirAll(c.Data, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 
 	srv := server.New(server.Options{APIKey: c.APIKey, Logger: log})
+	srv.MountAdapters()
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -161,7 +160,13 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 		shutdown(srv, nil, c.Grace, log)
 		return err
 	}
-	srv.SetModels(server.Single{Base: base})
+	reg, closeReg, err := openAdapters(ctx, c, base, srv, log)
+	if err != nil {
+		shutdown(srv, base, c.Grace, log)
+		return err
+	}
+	defer closeReg()
+	srv.SetModels(&server.AdapterModels{Base: base, Registry: reg})
 	log.Info("ready", "model", base.ID, "context", base.Context(), "max_batch", c.MaxBatch, "dtype", base.DType)
 
 	select {
@@ -189,6 +194,31 @@ func shutdown(srv *server.Server, base *server.Base, grace time.Duration, log *s
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// openAdapters opens the adapter store (Redis with --redis, else
+// <data>/adapters) and the registry over it.
+func openAdapters(ctx context.Context, c *config, base *server.Base, srv *server.Server, log *slog.Logger) (*adapters.Registry, func(), error) {
+	var st adapters.Store
+	var err error
+	where := c.Redis
+	if c.Redis != "" {
+		st, err = adapters.OpenRedis(ctx, c.Redis, "", log)
+	} else {
+		where = filepath.Join(c.Data, "adapters")
+		st, err = adapters.OpenDisk(where, log)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	reg, err := adapters.Open(ctx, adapters.Options{Base: base.Config, BaseID: base.ID, Store: st,
+		MaxResident: c.MaxAdapters, Registerer: srv.Registry(), Logger: log})
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	log.Info("adapters", "store", where, "stored", len(reg.List(ctx)), "max_resident", c.MaxAdapters)
+	return reg, func() { reg.Close(); st.Close() }, nil
 }
 
 // load resolves --model to a directory and loads it.

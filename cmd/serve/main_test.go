@@ -64,7 +64,7 @@ func TestRunDemoAndShutdown(t *testing.T) {
 	logs := &syncBuf{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--redis", "redis://127.0.0.1:1/0"}, envOf(nil), logs, addrs)
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir()}, envOf(nil), logs, addrs)
 	}()
 	var url string
 	select {
@@ -105,7 +105,7 @@ func TestRunDemoAndShutdown(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no shutdown")
 	}
-	for _, want := range []string{"demo model", "random weights", "redis is accepted but not used yet", "stopped"} {
+	for _, want := range []string{"demo model", "random weights", "stopped"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, logs.String())
 		}
