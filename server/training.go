@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -64,11 +65,36 @@ func jobError(err error, id string) error {
 	var re *training.RequestError
 	switch {
 	case errors.As(err, &re):
-		return &Error{Status: http.StatusBadRequest, Type: TypeInvalidRequest, Param: re.Param, Message: re.Message, Err: err}
+		param := re.Param
+		if param == "" {
+			param = specParam(re.Message)
+		}
+		return &Error{Status: http.StatusBadRequest, Type: TypeInvalidRequest, Param: param, Message: re.Message, Err: err}
 	case errors.Is(err, training.ErrNotFound):
 		return NotFound("id", "job_not_found", "no training job %q", id)
 	}
 	return fmt.Errorf("training: %w", err)
+}
+
+// specParams map the start of training.Spec's validation messages (which
+// the manager reports without a param) to the request field.
+var specParams = []struct{ prefix, param string }{
+	{"layer", "layer"}, {"unknown site", "site"}, {"site", "site"}, {"unknown pooling", "pooling"}, {"pooling", "pooling"},
+	{"r ", "lora.r"}, {"alpha", "lora.alpha"}, {"dropout", "lora.dropout"}, {"unknown target module", "lora.target_modules"},
+	{"target", "lora.target_modules"}, {"learning_rate", "learning_rate"}, {"weight_decay", "weight_decay"},
+	{"epochs", "epochs"}, {"batch_size", "batch_size"},
+}
+
+// specParam guesses the field a spec validation message is about ("" when
+// none matches).
+func specParam(msg string) string {
+	msg = strings.TrimPrefix(strings.TrimPrefix(msg, "training: "), "overlap: ")
+	for _, p := range specParams {
+		if strings.HasPrefix(msg, p.prefix) {
+			return p.param
+		}
+	}
+	return ""
 }
 
 // submitJob is POST /v1/soo/jobs.
