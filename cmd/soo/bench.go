@@ -59,6 +59,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	seed := fs.Uint64("seed", 1, "random seed of the synthetic weights")
 	asJSON := fs.Bool("json", false, "print one JSON line")
 	bwMB := fs.Int("bw-mb", 512, "size in MB of the buffer the bandwidth measurement reads")
+	save := fs.String("save", "", "write the synthetic model (with the demo tokenizer) as a Hugging Face directory here and exit, e.g. for `serve --model DIR` and `soo load`")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: soo bench [flags]\n\nTimes 128-token prefill and decoding (tokens per second for --batch sequences\nstepping together), and this machine's memory read bandwidth, which bounds decode.\n\n")
 		fs.PrintDefaults()
@@ -82,6 +83,17 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		dt = &d
+	}
+	if *save != "" {
+		d := model.F32
+		if dt != nil {
+			d = *dt
+		}
+		if err := synth.WriteDir(*save, *shape, d, *seed); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s (%s, %s, random weights)\n", *save, *shape, d)
+		return nil
 	}
 	var m *model.Model
 	name := *shape

@@ -148,3 +148,29 @@ func TestLoadErrorsNameTheTensor(t *testing.T) {
 		t.Error("truncated weights loaded")
 	}
 }
+
+// TestTensorsInvertsBind writes a loaded model back out and reloads it.
+func TestTensorsInvertsBind(t *testing.T) {
+	td := testdata(t)
+	for _, name := range []string{"tiny-llama-bf16", "tiny-gemma2", "tiny-qwen2"} {
+		m, err := model.Load(filepath.Join(td, "models", name), model.LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := copyModel(t, filepath.Join(td, "models", name))
+		os.Remove(filepath.Join(dir, "model.safetensors.index.json"))
+		if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), m.Tensors(), nil); err != nil {
+			t.Fatal(err)
+		}
+		back, err := model.Load(dir, model.LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(back.Layers[1].MLPNorm, m.Layers[1].MLPNorm) || !slices.Equal(back.Layers[0].Proj[model.Q].W.U16, m.Layers[0].Proj[model.Q].W.U16) ||
+			!slices.Equal(back.Layers[0].Proj[model.V].W.F32, m.Layers[0].Proj[model.V].W.F32) || !slices.Equal(back.Layers[0].Proj[model.K].Bias, m.Layers[0].Proj[model.K].Bias) {
+			t.Errorf("%s: weights changed on the round trip", name)
+		}
+		back.Close()
+		m.Close()
+	}
+}

@@ -64,3 +64,20 @@ func TestTinyModelRuns(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteDirLoads(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteDir(dir, "tiny", model.BF16, 3); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(dir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	want, _ := Model("tiny", model.BF16, 3)
+	if m.Config.Hidden != 64 || m.Layers[1].Proj[model.Up].W.DType != model.BF16 ||
+		m.Layers[1].Proj[model.Up].W.U16[7] != want.Layers[1].Proj[model.Up].W.U16[7] {
+		t.Error("written model differs from the synthetic one")
+	}
+}
