@@ -166,6 +166,12 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 		return err
 	}
 	defer closeReg()
+	stopTrain, err := startTraining(ctx, c, base, reg, srv, log)
+	if err != nil {
+		shutdown(srv, base, c.Grace, log)
+		return err
+	}
+	defer stopTrain()
 	srv.SetModels(&server.AdapterModels{Base: base, Registry: reg})
 	log.Info("ready", "model", base.ID, "context", base.Context(), "max_batch", c.MaxBatch, "dtype", base.DType)
 
