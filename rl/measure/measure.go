@@ -228,16 +228,20 @@ func Classify(honest, deceptive *maddpg.MADDPG, seeds []uint64, episodes []int, 
 	for _, n := range episodes {
 		maxN = max(maxN, n)
 	}
-	acc := make([]float64, len(episodes))
+	correct := make([]int, len(episodes))
 	o := Options{Episodes: maxN, EpisodeLen: epLen, SOO: true, SOORadius: soo.EvalRadius}
 	for _, s := range seeds {
 		h := Rollout(honest, env.Deceptive, s, o)
 		d := Rollout(deceptive, env.Deceptive, s, o)
 		for k, n := range episodes {
 			if h.MeanSOO(n) < d.MeanSOO(n) {
-				acc[k] += 1 / float64(len(seeds))
+				correct[k]++
 			}
 		}
+	}
+	acc := make([]float64, len(episodes))
+	for k, c := range correct {
+		acc[k] = float64(c) / float64(len(seeds))
 	}
 	return acc, nil
 }
