@@ -257,14 +257,14 @@ func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, lt *layerTape
 				continue
 			}
 			gs := gy * p.Scale
-			addScaled(gs, ut, g.B[o*p.R:(o+1)*p.R])
-			addScaled(gs, p.B[o*p.R:(o+1)*p.R], du)
+			axpy(gs, ut, g.B[o*p.R:(o+1)*p.R])
+			axpy(gs, p.B[o*p.R:(o+1)*p.R], du)
 		}
 		xt := xin[t*p.In : (t+1)*p.In]
 		clear(dxl)
 		for j, gu := range du {
-			addScaled(gu, xt, g.A[j*p.In:(j+1)*p.In])
-			addScaled(gu, p.A[j*p.In:(j+1)*p.In], dxl)
+			axpy(gu, xt, g.A[j*p.In:(j+1)*p.In])
+			axpy(gu, p.A[j*p.In:(j+1)*p.In], dxl)
 		}
 		dxt := dx[t*p.In : (t+1)*p.In]
 		if rec.drop != nil {
@@ -430,7 +430,7 @@ func (tp *Tape) attnFwd(l int, lt *layerTape) {
 				o := lt.att[((s0+i)*H+h)*hd : ((s0+i)*H+h+1)*hd]
 				for j := jlo; j <= i; j++ {
 					row[j] /= sum
-					addScaled(row[j], lt.v[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd], o)
+					axpy(row[j], lt.v[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd], o)
 				}
 			}
 		}
@@ -463,7 +463,7 @@ func (tp *Tape) attnBwd(l int, lt *layerTape, datt, dq, dk, dv []float32) {
 						vj := lt.v[(s0+j)*kvd+kh*hd : (s0+j)*kvd+(kh+1)*hd]
 						dP[j] = dot(doi, vj)
 						sum += P[i*n+j] * dP[j]
-						addScaled(P[i*n+j], doi, dv[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd])
+						axpy(P[i*n+j], doi, dv[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd])
 					}
 					qi := lt.q[((s0+i)*H+h)*hd : ((s0+i)*H+h+1)*hd]
 					dqi := dq[((s0+i)*H+h)*hd : ((s0+i)*H+h+1)*hd]
@@ -475,8 +475,8 @@ func (tp *Tape) attnBwd(l int, lt *layerTape, datt, dq, dk, dv []float32) {
 						}
 						ds *= cfg.AttnScale
 						kj := lt.k[(s0+j)*kvd+kh*hd : (s0+j)*kvd+(kh+1)*hd]
-						addScaled(ds, kj, dqi)
-						addScaled(ds, qi, dk[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd])
+						axpy(ds, kj, dqi)
+						axpy(ds, qi, dk[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd])
 					}
 				}
 			}
@@ -623,12 +623,4 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 	dx := dh // the residual path
 	normBwd(dx, dxn1, lt.x, L.AttnNorm, lt.r1, N)
 	return dx
-}
-
-// addScaled computes y += alpha*x.
-func addScaled(alpha float32, x, y []float32) {
-	y = y[:len(x)]
-	for i, v := range x {
-		y[i] += alpha * v
-	}
 }
