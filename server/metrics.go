@@ -41,7 +41,7 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 		tokens:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "soo_tokens_total", Help: "Tokens in (prompt) and out (completion) by model.", ConstLabels: nil}, []string{"model", "direction"}),
 		occupancy: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "soo_batch_occupancy", Help: "Running sequences per forward step.",
 			Buckets: []float64{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64}}, []string{"model"}),
-		running:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "soo_batch_running", Help: "Sequences in the running batch at the last step."}, []string{"model"}),
+		running:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "soo_batch_running", Help: "Sequences in the running batch (0 when idle)."}, []string{"model"}),
 		queue:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "soo_queue_depth", Help: "Requests waiting for a batch slot."}, []string{"model"}),
 		stepTime:   prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "soo_step_duration_seconds", Help: "Duration of one forward step.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"model"}),
 		stepTokens: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "soo_step_tokens", Help: "Tokens (prefill and decode) per forward step.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)}, []string{"model"}),
@@ -63,9 +63,12 @@ type schedObserver struct {
 
 func (o *schedObserver) Step(running, tokens int, d time.Duration) {
 	o.m.occupancy.WithLabelValues(o.model).Observe(float64(running))
-	o.m.running.WithLabelValues(o.model).Set(float64(running))
 	o.m.stepTime.WithLabelValues(o.model).Observe(d.Seconds())
 	o.m.stepTokens.WithLabelValues(o.model).Observe(float64(tokens))
+}
+
+func (o *schedObserver) Running(n int) {
+	o.m.running.WithLabelValues(o.model).Set(float64(n))
 }
 
 func (o *schedObserver) Queue(waiting int) {

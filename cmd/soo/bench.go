@@ -89,7 +89,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		if dt != nil {
 			d = *dt
 		}
-		if err := synth.WriteDir(*save, *shape, d, *seed); err != nil {
+		if err := synth.WriteDir(*save, *shape, d, *seed, *vocab); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote %s (%s, %s, random weights)\n", *save, *shape, d)

@@ -125,6 +125,9 @@ type Observer interface {
 	Step(running, tokens int, d time.Duration)
 	// Queue reports the number of waiting requests after a change.
 	Queue(waiting int)
+	// Running reports the number of sequences in the running batch, before
+	// each step and when the batch empties.
+	Running(n int)
 }
 
 // Scheduler runs requests on an executor with continuous batching. Its
@@ -362,6 +365,7 @@ func (s *Scheduler) loop(ctx context.Context) {
 		}
 		if o := s.opts.Observer; o != nil {
 			o.Queue(q)
+			o.Running(len(batch))
 		}
 		if len(batch) == 0 {
 			if closing && q == 0 {

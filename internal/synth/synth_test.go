@@ -67,7 +67,7 @@ func TestTinyModelRuns(t *testing.T) {
 
 func TestWriteDirLoads(t *testing.T) {
 	dir := t.TempDir()
-	if err := WriteDir(dir, "tiny", model.BF16, 3); err != nil {
+	if err := WriteDir(dir, "tiny", model.BF16, 3, 0); err != nil {
 		t.Fatal(err)
 	}
 	m, err := model.Load(dir, model.LoadOptions{})
