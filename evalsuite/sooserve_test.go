@@ -66,7 +66,7 @@ func TestAgainstSOOServe(t *testing.T) {
 			t.Errorf("row %+v: want 4 labelled responses", r)
 		}
 	}
-	if len(rep.Capability) != 1 {
+	if len(rep.Capability) != 1 || rep.Capability[0].Method != evalsuite.MethodEcho || rep.Capability[0].Tokens == 0 || rep.Capability[0].Perplexity <= 1 {
 		t.Errorf("capability %+v", rep.Capability)
 	}
 	// Requests run concurrently, so lines land in any order: compare as sets.

@@ -597,6 +597,9 @@ func (s *Server) completions(c *fiber.Ctx) error {
 		}
 	}
 	g.req.Prompt, g.req.Adapter, g.req.EOS = prompt, target.Adapter, target.Base.Tokenizer.EOS()
+	// echo with logprobs scores the prompt too (legacy OpenAI semantics: the
+	// first prompt token's entry is null). Streamed responses echo the text only.
+	g.req.PromptLogprobs = req.Echo && g.req.Logprobs && !req.Stream
 	soo.prepare(g)
 	if err := s.submit(g); err != nil {
 		return err
@@ -625,7 +628,11 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	for i, ch := range choices {
 		var lp any
 		if g.req.Logprobs {
-			lp = s.completionLogprobs(g, ch.events, len(echo))
+			var prompt []sched.PromptLogprob
+			if g.req.PromptLogprobs {
+				prompt = g.stream.PromptLogprobs()
+			}
+			lp = s.completionLogprobs(g, prompt, ch.events, len(echo))
 		}
 		out[i] = fiber.Map{"index": i, "text": echo + ch.text.String(), "logprobs": lp, "finish_reason": ch.finish}
 	}
@@ -641,30 +648,47 @@ func (s *Server) completions(c *fiber.Ctx) error {
 
 type completionLogprobs struct {
 	Tokens        []string             `json:"tokens"`
-	TokenLogprobs []float64            `json:"token_logprobs"`
+	TokenLogprobs []*float64           `json:"token_logprobs"` // null for the first echoed prompt token
 	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
 	TextOffset    []int                `json:"text_offset"`
 }
 
-// completionLogprobs builds the legacy logprobs object; offsets count bytes
-// from the start of the choice's text (after any echoed prompt).
-func (s *Server) completionLogprobs(g *generation, evs []sched.Event, offset int) *completionLogprobs {
+// completionLogprobs builds the legacy logprobs object: the echoed prompt's
+// tokens first (when prompt is non-nil), then the generated ones. Offsets
+// count bytes from the start of the choice's text; generated tokens start at
+// offset (the echoed prompt's length).
+func (s *Server) completionLogprobs(g *generation, prompt []sched.PromptLogprob, evs []sched.Event, offset int) *completionLogprobs {
 	tok := g.target.Base.Tokenizer
-	out := &completionLogprobs{Tokens: []string{}, TokenLogprobs: []float64{}, TopLogprobs: []map[string]float64{}, TextOffset: []int{}}
-	for _, ev := range evs {
-		t := tokenText(tok, ev.Token)
+	out := &completionLogprobs{Tokens: []string{}, TokenLogprobs: []*float64{}, TopLogprobs: []map[string]float64{}, TextOffset: []int{}}
+	add := func(token int32, lp float32, alts []sample.TokenLogprob, null bool, at int) int {
+		t := tokenText(tok, token)
 		out.Tokens = append(out.Tokens, t)
-		out.TokenLogprobs = append(out.TokenLogprobs, finite(ev.Logprob))
-		top := make(map[string]float64, len(ev.Top))
-		for _, alt := range ev.Top {
+		out.TextOffset = append(out.TextOffset, at)
+		if null {
+			// null, as OpenAI and vLLM answer; the alternatives are an empty
+			// object rather than null, which typed clients (openai-go) reject.
+			out.TokenLogprobs = append(out.TokenLogprobs, nil)
+			out.TopLogprobs = append(out.TopLogprobs, map[string]float64{})
+			return len(t)
+		}
+		v := finite(lp)
+		out.TokenLogprobs = append(out.TokenLogprobs, &v)
+		top := make(map[string]float64, len(alts))
+		for _, alt := range alts {
 			at := tokenText(tok, alt.Token)
 			if old, ok := top[at]; !ok || old < float64(alt.Logprob) {
 				top[at] = math.Max(finite(alt.Logprob), -9999)
 			}
 		}
 		out.TopLogprobs = append(out.TopLogprobs, top)
-		out.TextOffset = append(out.TextOffset, offset)
-		offset += len(t)
+		return len(t)
+	}
+	at := 0
+	for _, p := range prompt {
+		at += add(p.Token, p.Logprob, p.Top, p.First, at)
+	}
+	for _, ev := range evs {
+		offset += add(ev.Token, ev.Logprob, ev.Top, false, offset)
 	}
 	return out
 }
@@ -696,7 +720,7 @@ func (s *Server) streamCompletion(w *bufio.Writer, g *generation, id string, cre
 		}
 		var lp any
 		if ev.HasToken && g.req.Logprobs {
-			l := s.completionLogprobs(g, []sched.Event{ev}, offsets[ev.Index])
+			l := s.completionLogprobs(g, nil, []sched.Event{ev}, offsets[ev.Index])
 			offsets[ev.Index] += len(l.Tokens[0])
 			lp = l
 		}

@@ -273,21 +273,27 @@ func TestOpenAICompletionsAndModels(t *testing.T) {
 	if !strings.HasPrefix(c.Text, "The quick brown fox") {
 		t.Errorf("echo missing: %q", c.Text)
 	}
+	// With echo, the prompt's tokens come first (the first with a null
+	// logprob), then the generated ones starting at the prompt's length.
 	lp := c.Logprobs
 	n := len(lp.Tokens)
-	if n == 0 || len(lp.TokenLogprobs) != n || len(lp.TopLogprobs) != n || len(lp.TextOffset) != n {
-		t.Fatalf("logprobs %+v", lp)
+	np := int(resp.Usage.PromptTokens)
+	if n != np+int(resp.Usage.CompletionTokens) || len(lp.TokenLogprobs) != n || len(lp.TopLogprobs) != n || len(lp.TextOffset) != n {
+		t.Fatalf("logprobs for %d prompt + %d completion tokens: %+v", np, resp.Usage.CompletionTokens, lp)
 	}
-	if lp.TextOffset[0] != int64(len("The quick brown fox")) {
-		t.Errorf("first text_offset %d", lp.TextOffset[0])
+	if !strings.Contains(lp.RawJSON(), `"token_logprobs":[null,`) || lp.TextOffset[0] != 0 {
+		t.Errorf("first echoed token: %s", lp.RawJSON())
 	}
-	for i := range n {
+	if lp.TextOffset[np] != int64(len("The quick brown fox")) {
+		t.Errorf("first generated text_offset %d", lp.TextOffset[np])
+	}
+	for i := 1; i < n; i++ {
 		if len(lp.TopLogprobs[i]) == 0 || len(lp.TopLogprobs[i]) > 2 || lp.TokenLogprobs[i] > 0 {
 			t.Errorf("token %d: %v %v", i, lp.TokenLogprobs[i], lp.TopLogprobs[i])
 		}
-	}
-	if int64(n) != resp.Usage.CompletionTokens && c.FinishReason != "stop" {
-		t.Errorf("%d logprob tokens, usage %+v", n, resp.Usage)
+		if lp.TextOffset[i] < lp.TextOffset[i-1] {
+			t.Errorf("text_offset decreases at %d", i)
+		}
 	}
 
 	// Stop strings end the completion early.

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -80,6 +81,19 @@ type Request struct {
 	// Its choice ends with FinishStop and no token once the prompt is in; the
 	// prompt may fill the whole context.
 	PrefillOnly bool
+	// PromptLogprobs asks for every prompt token's log-probability given the
+	// tokens before it (with TopLogprobs alternatives), computed in choice 0's
+	// prefill rows; read them with Stream.PromptLogprobs once the prompt is in.
+	PromptLogprobs bool
+}
+
+// PromptLogprob is a prompt token's log-probability given the tokens before
+// it; the first prompt token has none (First is set).
+type PromptLogprob struct {
+	Token   int32
+	Logprob float32
+	Top     []sample.TokenLogprob
+	First   bool
 }
 
 // Event is one step of one choice: a generated token with the text it
@@ -165,6 +179,8 @@ type Stream struct {
 	acts     map[engine.Point]engine.Tensor2D
 	captured chan struct{}
 	capErr   error
+
+	promptLP []PromptLogprob // Request.PromptLogprobs, filled during prefill
 }
 
 // seqState is one choice being generated.
@@ -432,6 +448,9 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 		if end == len(ss.prompt) && !ss.req.PrefillOnly {
 			mode = engine.LogitsLast
 		}
+		if ss.req.PromptLogprobs && ss.index == 0 {
+			mode = engine.LogitsAll
+		}
 		row := engine.Row{Seq: ss.seq, Tokens: ss.prompt[ss.fed:end], Adapter: ss.req.Adapter, Logits: mode}
 		if ss.st.captured != nil && ss.index == 0 {
 			row.Capture = &engine.Capture{Points: ss.req.Capture}
@@ -462,6 +481,9 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 	}
 	for i, ss := range owners {
 		if ss.fed < len(ss.prompt) {
+			if rows[i].Logits == engine.LogitsAll {
+				ss.st.addPromptLogprobs(ss, outs[i].Logits)
+			}
 			ss.fed += len(rows[i].Tokens)
 			if rows[i].Capture != nil {
 				ss.st.addActs(outs[i].Acts, ss.fed == len(ss.prompt))
@@ -474,8 +496,40 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 				continue
 			}
 		}
-		s.advance(ss, outs[i].Logits.Row(0))
+		s.advance(ss, outs[i].Logits.Row(outs[i].Logits.Rows-1))
 	}
+}
+
+// addPromptLogprobs records, from a prefill chunk's logits (one row per
+// chunk token), the log-probability of each following prompt token.
+func (st *Stream) addPromptLogprobs(ss *seqState, logits engine.Tensor2D) {
+	var add []PromptLogprob
+	if ss.fed == 0 {
+		add = append(add, PromptLogprob{Token: ss.prompt[0], First: true})
+	}
+	for j := 0; j < logits.Rows; j++ {
+		next := ss.fed + j + 1
+		if next >= len(ss.prompt) {
+			break
+		}
+		lp := sample.LogSoftmax(logits.Row(j))
+		e := PromptLogprob{Token: ss.prompt[next], Logprob: lp[ss.prompt[next]]}
+		if ss.req.TopLogprobs > 0 {
+			e.Top = sample.Top(lp, ss.req.TopLogprobs)
+		}
+		add = append(add, e)
+	}
+	st.mu.Lock()
+	st.promptLP = append(st.promptLP, add...)
+	st.mu.Unlock()
+}
+
+// PromptLogprobs returns the prompt tokens' log-probabilities computed so far
+// (all of them once the first token has been generated).
+func (st *Stream) PromptLogprobs() []PromptLogprob {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return slices.Clone(st.promptLP)
 }
 
 // keepLayers makes sure a step whose rows all skip logits still runs every
