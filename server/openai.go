@@ -470,6 +470,13 @@ func (s *Server) streamChat(w *bufio.Writer, g *generation, id string, created i
 		}
 		return writeSSE(w, m)
 	})
+	return s.endStream(w, g, err, includeUsage, chunk, soo)
+}
+
+// endStream writes what follows a stream's choice events: the error that
+// ended it, or the usage-only chunk (carrying "soo") when the client asked
+// for usage; then [DONE]. It returns the status to log.
+func (s *Server) endStream(w *bufio.Writer, g *generation, err error, includeUsage bool, chunk func([]fiber.Map) fiber.Map, soo *sooExt) int {
 	if err != nil {
 		return s.streamError(w, err, true)
 	}
@@ -737,22 +744,5 @@ func (s *Server) streamCompletion(w *bufio.Writer, g *generation, id string, cre
 		}
 		return writeSSE(w, m)
 	})
-	if err != nil {
-		return s.streamError(w, err, true)
-	}
-	if includeUsage {
-		m := chunk([]fiber.Map{})
-		m["usage"] = usageObject(g.stream.Usage())
-		if err := soo.attach(s.ctx, m); err != nil {
-			return s.streamError(w, err, true)
-		}
-		if err := writeSSE(w, m); err != nil {
-			return 499
-		}
-	}
-	w.WriteString("data: [DONE]\n\n")
-	if w.Flush() != nil {
-		return 499
-	}
-	return fiber.StatusOK
+	return s.endStream(w, g, err, includeUsage, chunk, soo)
 }
