@@ -89,6 +89,9 @@ type Options struct {
 	// an in-memory overlap.Ring of OverlapRing records (0: the default size).
 	OverlapStore overlap.Store
 	OverlapRing  int
+	// EvalDir, when set, holds the output of POST /v1/evals jobs (one
+	// directory per eval); "" means a new temp directory per eval (evals.go).
+	EvalDir string
 }
 
 // Server is the HTTP server. Models are set with SetModels once loaded;
@@ -108,7 +111,8 @@ type Server struct {
 
 	paths map[string]bool // static route paths, for metrics labels
 
-	soo sooState // overlap records and training (overlap.go, training.go)
+	soo   sooState  // overlap records and training (overlap.go, training.go)
+	evals evalState // deception evals of the server's own models (evals.go)
 }
 
 // New returns a server with its routes registered.
@@ -157,6 +161,7 @@ func (s *Server) routes() {
 	s.registerOpenAI(s.app.Group("/v1"))
 	s.registerOverlap(s.app.Group("/v1"))
 	s.registerTraining(s.app.Group("/v1"))
+	s.registerEvals(s.app.Group("/v1"))
 	s.registerOllama(s.app.Group("/api"))
 }
 
@@ -177,6 +182,7 @@ func (s *Server) SetModels(m Models) {
 
 // Serve serves HTTP on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	s.setEvalAddr(ln.Addr()) // evals call the server here
 	if err := s.app.Listener(ln); err != nil {
 		return fmt.Errorf("server: serve: %w", err)
 	}
