@@ -8,7 +8,7 @@
 //	--addr         SOO_ADDR          listen address (127.0.0.1:8080)
 //	--data         SOO_DATA          data directory (./soo-data)
 //	--api-key      SOO_API_KEY       bearer key for every route but /health
-//	--redis        SOO_REDIS_URL     redis://host:port/db: adapters shared by several replicas
+//	--redis        SOO_REDIS_URL     redis://host:port/db: adapters and overlap records shared by several replicas
 //	--backend      SOO_BACKEND       cpu (xla:cpu, xla:cuda: not wired yet)
 //	--dtype        SOO_DTYPE         f32 or bf16 (default: as stored)
 //	--max-batch    SOO_MAX_BATCH     concurrent sequences per step (8)
@@ -35,9 +35,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/internal/demo"
+	"github.com/sooserve/sooserve/overlap"
 	"github.com/sooserve/sooserve/server"
 	"github.com/sooserve/sooserve/server/hub"
 )
@@ -141,7 +144,17 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 		return fmt.Errorf("data dir: %w", err)
 	}
 
-	srv := server.New(server.Options{APIKey: c.APIKey, Logger: log})
+	var records overlap.Store // nil: the server's in-memory ring
+	if c.Redis != "" {        // a capped stream shared by the replicas
+		opt, err := redis.ParseURL(c.Redis)
+		if err != nil {
+			return fmt.Errorf("--redis: %w", err)
+		}
+		rc := redis.NewClient(opt)
+		defer rc.Close()
+		records = overlap.NewRedisStore(rc, "soo:overlap:records", 10000)
+	}
+	srv := server.New(server.Options{APIKey: c.APIKey, Logger: log, OverlapStore: records})
 	srv.MountAdapters()
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
