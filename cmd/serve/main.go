@@ -154,7 +154,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 		defer rc.Close()
 		records = overlap.NewRedisStore(rc, "soo:overlap:records", 10000)
 	}
-	srv := server.New(server.Options{APIKey: c.APIKey, Logger: log, OverlapStore: records})
+	srv := server.New(server.Options{APIKey: c.APIKey, Logger: log, OverlapStore: records, EvalDir: filepath.Join(c.Data, "evals")})
 	srv.MountAdapters()
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
