@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -85,6 +86,12 @@ type Request struct {
 	// tokens before it (with TopLogprobs alternatives), computed in choice 0's
 	// prefill rows; read them with Stream.PromptLogprobs once the prompt is in.
 	PromptLogprobs bool
+	// Constraint, when set, makes each choice's constraint (one call per
+	// choice): before each sample it masks the tokens not allowed next (the
+	// logprobs reported are those of the masked distribution), and a choice
+	// whose constraint reports its output complete ends with FinishStop.
+	// Requests without it pay nothing.
+	Constraint func() sample.Constraint
 }
 
 // PromptLogprob is a prompt token's log-probability given the tokens before
@@ -195,6 +202,7 @@ type seqState struct {
 	last    int32
 	gen     int
 	sampler *sample.Sampler
+	con     sample.Constraint // Request.Constraint's, or nil
 	dec     TextDecoder
 	stop    *sample.StopMatcher
 	max     int
@@ -291,6 +299,9 @@ func (s *Scheduler) Submit(ctx context.Context, req Request) (*Stream, error) {
 		ss := &seqState{st: st, req: &r, ctx: rctx, index: i, prompt: r.Prompt, sampler: sample.New(p), stop: sample.NewStopMatcher(r.Stop), max: maxTok, queued: true}
 		if s.opts.NewDecoder != nil {
 			ss.dec = s.opts.NewDecoder()
+		}
+		if r.Constraint != nil {
+			ss.con = r.Constraint()
 		}
 		seqs[i] = ss
 	}
@@ -556,11 +567,20 @@ func keepLayers(rows []engine.Row, owners []*seqState) {
 func (s *Scheduler) advance(ss *seqState, logits []float32) {
 	r := ss.req
 	ev := Event{Index: ss.index, HasToken: true}
+	if ss.con != nil && !ss.con.Mask(logits) {
+		s.finish(ss, "", errors.New("sched: the request's constraint allows no next token"))
+		return
+	}
 	var lp []float32
 	if r.Logprobs || r.TopLogprobs > 0 {
 		lp = sample.LogSoftmax(logits)
 	}
 	tok := ss.sampler.Sample(logits)
+	if ss.con != nil && math.IsInf(float64(logits[tok]), -1) {
+		// Rounding in the sampler's draw can land on a zero-probability
+		// token; a constrained choice takes the best allowed one instead.
+		tok = sample.Argmax(logits)
+	}
 	ss.last = tok
 	ss.gen++
 	ev.Token = tok
@@ -584,6 +604,12 @@ func (s *Scheduler) advance(ss *seqState, logits []float32) {
 	}
 	if stopped {
 		ev.Finish = FinishStop
+		s.emitFinal(ss, ev)
+		return
+	}
+	if ss.con != nil && ss.con.Accept(tok) {
+		ev.Finish = FinishStop
+		ev.Text += s.flushText(ss)
 		s.emitFinal(ss, ev)
 		return
 	}
