@@ -112,11 +112,14 @@ func (e *RequestError) Error() string { return "training: " + e.Message }
 
 // Manager queues and runs SOO training jobs, one at a time, persisting each
 // job under dir so that a restarted process resumes unfinished jobs from
-// their last epoch checkpoint.
+// their last epoch checkpoint. A Manager made by NewRedisManager keeps the
+// queue, the job records, the checkpoints and the events in Redis instead,
+// shared by several replicas (see redisqueue.go).
 type Manager struct {
 	dir string
 	env Env
 	log *slog.Logger
+	rq  *redisQueue // nil: jobs on disk, queue in memory
 
 	mu      sync.Mutex
 	jobs    map[string]*Job
@@ -177,37 +180,13 @@ func NewManager(dir string, env Env, log *slog.Logger) (*Manager, error) {
 
 // Submit validates a request and queues a job.
 func (m *Manager) Submit(req JobRequest) (Job, error) {
-	cfg := m.env.Executor.Config()
-	if req.Model != "" && req.Model != m.env.ModelName {
-		return Job{}, &RequestError{"model", fmt.Sprintf("model %q is not the base model %q", req.Model, m.env.ModelName)}
-	}
-	if err := adapters.ValidateName(req.AdapterName); err != nil {
-		return Job{}, &RequestError{"adapter_name", err.Error()}
-	}
-	spec := Spec{Site: req.Site, Pooling: Pooling(req.Pooling), Rank: req.LoRA.R, Alpha: req.LoRA.Alpha,
-		Targets: req.LoRA.TargetModules, RSLoRA: req.LoRA.UseRSLoRA, LR: req.LearningRate, WeightDecay: req.WeightDecay,
-		Epochs: req.Epochs, BatchSize: req.BatchSize, Seed: req.Seed, Dropout: Mistral7BRecipe().Dropout}
-	if req.LoRA.Dropout != nil {
-		spec.Dropout = *req.LoRA.Dropout
-	}
-	spec.Layer = DefaultLayer(cfg)
-	if req.Layer != nil {
-		spec.Layer = *req.Layer
-	}
-	if err := spec.Normalize(cfg); err != nil {
-		return Job{}, &RequestError{"", err.Error()}
-	}
-	pairs, err := datasetPairs(req.Dataset)
+	j, err := m.newJob(req)
 	if err != nil {
-		return Job{}, &RequestError{"dataset", err.Error()}
+		return Job{}, err
 	}
-	if _, err := m.tokenize(pairs, req.ChatTemplate, spec.MaxTokens); err != nil {
-		return Job{}, &RequestError{"dataset", err.Error()}
+	if m.rq != nil {
+		return m.rq.submit(j)
 	}
-	j := &Job{ID: newID(), Object: "soo.job", Status: StatusQueued, Model: m.env.ModelName, AdapterName: req.AdapterName,
-		Spec: spec, Pairs: len(pairs), CreatedAt: time.Now().Unix(), request: &req, Losses: []float64{}}
-	j.Progress.Epochs = spec.Epochs
-	j.Progress.Steps = spec.Epochs * ((len(pairs) + spec.BatchSize - 1) / spec.BatchSize)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.persist(j); err != nil {
@@ -221,6 +200,42 @@ func (m *Manager) Submit(req JobRequest) (Job, error) {
 	default:
 	}
 	return m.snapshot(j), nil
+}
+
+// newJob validates a request and makes its queued job.
+func (m *Manager) newJob(req JobRequest) (*Job, error) {
+	cfg := m.env.Executor.Config()
+	if req.Model != "" && req.Model != m.env.ModelName {
+		return nil, &RequestError{"model", fmt.Sprintf("model %q is not the base model %q", req.Model, m.env.ModelName)}
+	}
+	if err := adapters.ValidateName(req.AdapterName); err != nil {
+		return nil, &RequestError{"adapter_name", err.Error()}
+	}
+	spec := Spec{Site: req.Site, Pooling: Pooling(req.Pooling), Rank: req.LoRA.R, Alpha: req.LoRA.Alpha,
+		Targets: req.LoRA.TargetModules, RSLoRA: req.LoRA.UseRSLoRA, LR: req.LearningRate, WeightDecay: req.WeightDecay,
+		Epochs: req.Epochs, BatchSize: req.BatchSize, Seed: req.Seed, Dropout: Mistral7BRecipe().Dropout}
+	if req.LoRA.Dropout != nil {
+		spec.Dropout = *req.LoRA.Dropout
+	}
+	spec.Layer = DefaultLayer(cfg)
+	if req.Layer != nil {
+		spec.Layer = *req.Layer
+	}
+	if err := spec.Normalize(cfg); err != nil {
+		return nil, &RequestError{"", err.Error()}
+	}
+	pairs, err := datasetPairs(req.Dataset)
+	if err != nil {
+		return nil, &RequestError{"dataset", err.Error()}
+	}
+	if _, err := m.tokenize(pairs, req.ChatTemplate, spec.MaxTokens); err != nil {
+		return nil, &RequestError{"dataset", err.Error()}
+	}
+	j := &Job{ID: newID(), Object: "soo.job", Status: StatusQueued, Model: m.env.ModelName, AdapterName: req.AdapterName,
+		Spec: spec, Pairs: len(pairs), CreatedAt: time.Now().Unix(), request: &req, Losses: []float64{}}
+	j.Progress.Epochs = spec.Epochs
+	j.Progress.Steps = spec.Epochs * ((len(pairs) + spec.BatchSize - 1) / spec.BatchSize)
+	return j, nil
 }
 
 func datasetPairs(raw json.RawMessage) ([]Pair, error) {
@@ -240,6 +255,9 @@ func (m *Manager) tokenize(pairs []Pair, chat bool, maxLen int) ([]TokPair, erro
 
 // Get returns a job by id.
 func (m *Manager) Get(id string) (Job, error) {
+	if m.rq != nil {
+		return m.rq.get(id)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	j, ok := m.jobs[id]
@@ -251,6 +269,9 @@ func (m *Manager) Get(id string) (Job, error) {
 
 // List returns every job, newest first.
 func (m *Manager) List() []Job {
+	if m.rq != nil {
+		return m.rq.list()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]Job, 0, len(m.jobs))
@@ -269,6 +290,9 @@ func (m *Manager) List() []Job {
 // Cancel stops a queued or running job; its checkpoint is removed and no
 // adapter is registered. Cancelling a finished job is a no-op.
 func (m *Manager) Cancel(id string) (Job, error) {
+	if m.rq != nil {
+		return m.rq.cancel(id)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	j, ok := m.jobs[id]
@@ -307,8 +331,16 @@ func (m *Manager) Subscribe(id string) (<-chan Event, func()) {
 
 // Run works through the queue until ctx ends; a job interrupted by ctx stays
 // "running" on disk and resumes from its checkpoint on the next start.
+//
+// With Redis, Run is a worker: it takes jobs from the shared stream (and
+// claims those a dead worker left), and a job interrupted by ctx stays
+// pending for another worker (or this one, restarted) to claim.
 func (m *Manager) Run(ctx context.Context) {
 	defer close(m.done)
+	if m.rq != nil {
+		m.rq.run(ctx)
+		return
+	}
 	for {
 		m.mu.Lock()
 		var j *Job
@@ -334,6 +366,15 @@ func (m *Manager) Run(ctx context.Context) {
 
 // Done is closed when Run returns.
 func (m *Manager) Done() <-chan struct{} { return m.done }
+
+// Close releases what NewRedisManager opened (its event subscription; not
+// the client). Call it after Run has returned. It is a no-op without Redis.
+func (m *Manager) Close() error {
+	if m.rq == nil {
+		return nil
+	}
+	return m.rq.close()
+}
 
 func (m *Manager) runJob(ctx context.Context, j *Job) {
 	jctx, cancel := context.WithCancel(ctx)
@@ -383,6 +424,12 @@ func (m *Manager) train(ctx context.Context, j *Job) error {
 		return err
 	}
 	jdir := filepath.Join(m.dir, j.ID)
+	ckdir := filepath.Join(jdir, "checkpoint")
+	if m.rq != nil {
+		if err := m.rq.fetchCheckpoint(ctx, j.ID, ckdir); err != nil {
+			return err
+		}
+	}
 	if m.env.Probe != nil && j.OverlapBefore == nil {
 		v, err := m.env.Probe(ctx, nil, j.Spec)
 		if err != nil {
@@ -393,17 +440,27 @@ func (m *Manager) train(ctx context.Context, j *Job) error {
 		_ = m.persist(j)
 		m.mu.Unlock()
 	}
+	var lastPut time.Time // Redis: progress writes to the record are throttled
 	res, err := Train(ctx, m.env.Executor, toks, j.Spec, j.AdapterName, RunOptions{
-		CheckpointDir: filepath.Join(jdir, "checkpoint"),
+		CheckpointDir: ckdir,
 		Progress: func(p Progress) {
 			m.mu.Lock()
 			j.Progress = p
-			j.Losses = append(j.Losses, p.Loss)
+			// Steps before a resume may already be recorded: keep one loss per step.
+			j.Losses = append(j.Losses[:min(len(j.Losses), max(p.Step-1, 0))], p.Loss)
 			m.publish(Event{"progress", *j})
+			if m.rq != nil && time.Since(lastPut) >= m.rq.progressEvery {
+				lastPut = time.Now()
+				_ = m.persist(j)
+			}
 			m.mu.Unlock()
 		},
 		EpochDone: func(int) {
+			if m.rq != nil {
+				m.rq.storeCheckpoint(j.ID, ckdir)
+			}
 			m.mu.Lock()
+			lastPut = time.Now()
 			_ = m.persist(j)
 			m.mu.Unlock()
 		},
@@ -453,6 +510,9 @@ func (m *Manager) finish(j *Job, status, msg string) {
 
 // persist writes the job record atomically (m.mu held).
 func (m *Manager) persist(j *Job) error {
+	if m.rq != nil {
+		return m.rq.put(j)
+	}
 	dir := filepath.Join(m.dir, j.ID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("training: persist job: %w", err)
@@ -467,7 +527,18 @@ func (m *Manager) persist(j *Job) error {
 	return atomicfile.WriteFile(filepath.Join(dir, "job.json"), b)
 }
 
+// publish sends ev to the subscribers (m.mu held): with Redis, to those of
+// every replica through pub/sub.
 func (m *Manager) publish(ev Event) {
+	if m.rq != nil {
+		m.rq.publish(ev)
+		return
+	}
+	m.fanout(ev)
+}
+
+// fanout sends ev to this process's subscribers (m.mu held).
+func (m *Manager) fanout(ev Event) {
 	ev.Job = m.snapshot(&ev.Job)
 	for ch, id := range m.subs {
 		if id != "" && id != ev.Job.ID {

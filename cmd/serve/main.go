@@ -8,7 +8,8 @@
 //	--addr         SOO_ADDR          listen address (127.0.0.1:8080)
 //	--data         SOO_DATA          data directory (./soo-data)
 //	--api-key      SOO_API_KEY       bearer key for every route but /health
-//	--redis        SOO_REDIS_URL     redis://host:port/db: adapters and overlap records shared by several replicas
+//	--redis        SOO_REDIS_URL     redis://host:port/db: adapters, overlap records and training jobs shared by several replicas
+//	--worker       SOO_WORKER        with --redis: this replica also runs training jobs from the shared queue
 //	--backend      SOO_BACKEND       cpu (xla:cpu, xla:cuda: not wired yet)
 //	--dtype        SOO_DTYPE         f32 or bf16 (default: as stored)
 //	--max-batch    SOO_MAX_BATCH     concurrent sequences per step (8)
@@ -58,6 +59,7 @@ func main() {
 type config struct {
 	Model, ModelName, Addr, Data, APIKey, Redis, Backend, DType string
 	MaxBatch, MaxAdapters, Ctx                                  int
+	Worker                                                      bool
 	HFEndpoint, HFToken                                         string
 	Grace                                                       time.Duration
 }
@@ -95,6 +97,15 @@ func parse(args []string, env func(string) string, out io.Writer) (*config, erro
 	num(&c.MaxBatch, "max-batch", "SOO_MAX_BATCH", 8, "concurrent sequences per decode step")
 	num(&c.MaxAdapters, "max-adapters", "SOO_MAX_ADAPTERS", 16, "adapters resident at once")
 	num(&c.Ctx, "ctx", "SOO_CTX", 0, "context length (default: min(model max, 4096))")
+	worker := false
+	if v := env("SOO_WORKER"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			intErr = fmt.Errorf("SOO_WORKER=%q: not a boolean", v)
+		}
+		worker = b
+	}
+	fs.BoolVar(&c.Worker, "worker", worker, "with --redis: also run training jobs taken from the shared Redis queue; replicas without it only accept and report jobs (without --redis the process always runs its own jobs) (env SOO_WORKER)")
 	fs.DurationVar(&c.Grace, "grace", 30*time.Second, "how long shutdown waits for in-flight requests")
 	if intErr != nil {
 		return nil, intErr

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"path/filepath"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/server"
 	"github.com/sooserve/sooserve/training"
@@ -17,6 +19,13 @@ import (
 // fails). Jobs stop when ctx ends; one interrupted then stays "running" on
 // disk and resumes from its last epoch checkpoint on the next start. The
 // returned function waits for the manager to stop (after ctx ends).
+//
+// With --redis the queue, job records, checkpoints and events live in Redis
+// (training.NewRedisManager): every replica accepts, lists, streams and
+// cancels every job, and replicas started with --worker run them, one at a
+// time each; a job whose worker dies is taken over by another worker after
+// a minute and resumes from its last epoch checkpoint. Use the same --model
+// on every replica.
 func startTraining(ctx context.Context, c *config, base *server.Base, reg *adapters.Registry, srv *server.Server, log *slog.Logger) (func(), error) {
 	env, err := server.TrainingEnv(ctx, base)
 	if err != nil {
@@ -31,6 +40,9 @@ func startTraining(ctx context.Context, c *config, base *server.Base, reg *adapt
 		}
 	}
 	dir := filepath.Join(c.Data, "jobs")
+	if c.Redis != "" {
+		return startRedisTraining(ctx, c, dir, env, srv, log)
+	}
 	m, err := training.NewManager(dir, env, log)
 	if err != nil {
 		return nil, err
@@ -42,5 +54,33 @@ func startTraining(ctx context.Context, c *config, base *server.Base, reg *adapt
 	return func() {
 		cancel()
 		<-m.Done()
+	}, nil
+}
+
+// startRedisTraining is startTraining with --redis.
+func startRedisTraining(ctx context.Context, c *config, dir string, env training.Env, srv *server.Server, log *slog.Logger) (func(), error) {
+	opt, err := redis.ParseURL(c.Redis)
+	if err != nil {
+		return nil, fmt.Errorf("--redis: %w", err)
+	}
+	rc := redis.NewClient(opt)
+	m, err := training.NewRedisManager(ctx, dir, env, training.RedisOptions{Client: rc}, log)
+	if err != nil {
+		rc.Close()
+		return nil, err
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	if c.Worker {
+		go m.Run(tctx)
+	}
+	srv.SetTraining(m)
+	log.Info("training jobs", "queue", "redis", "worker", c.Worker, "jobs", len(m.List()))
+	return func() {
+		cancel()
+		if c.Worker {
+			<-m.Done()
+		}
+		m.Close()
+		rc.Close()
 	}, nil
 }
