@@ -40,7 +40,11 @@ import (
 // ClaimIdle and resumes the job from the checkpoint in Redis. Checkpoints go
 // through Redis so that workers need not share a disk; a checkpoint holds the
 // LoRA parameters and both AdamW moments (3× the adapter) and must fit
-// Redis's proto-max-bulk-len (512 MB by default).
+// Redis's proto-max-bulk-len (512 MB by default). A worker stalled for longer
+// than ClaimIdle (not dead) may race the one that took its job over: both
+// write the record until the stalled one notices nothing; keep ClaimIdle well
+// above any pause. A job that kills every worker that takes it is retried
+// without end (there is no delivery limit yet).
 type RedisOptions struct {
 	Client *redis.Client
 	// Prefix of the keys; "" means DefaultRedisJobsPrefix.
