@@ -77,6 +77,7 @@ type redisQueue struct {
 	claimIdle, poll, progressEvery      time.Duration
 	ps                                  *redis.PubSub
 	fan                                 sync.WaitGroup
+	entries                             map[string]string // job id -> stream entry of the jobs this worker runs (m.mu)
 }
 
 // jobRecord is a job as stored: the public record and its request.
@@ -121,7 +122,7 @@ func NewRedisManager(ctx context.Context, dir string, env Env, o RedisOptions, l
 		subs: map[chan Event]string{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	q := &redisQueue{m: m, c: o.Client, hash: o.Prefix, stream: o.Prefix + ":queue", events: o.Prefix + ":events",
 		cancels: o.Prefix + ":cancel", ckpt: o.Prefix + ":checkpoint:", consumer: o.Consumer,
-		claimIdle: o.ClaimIdle, poll: o.CancelPoll, progressEvery: o.ProgressEvery}
+		claimIdle: o.ClaimIdle, poll: o.CancelPoll, progressEvery: o.ProgressEvery, entries: map[string]string{}}
 	err := q.c.XGroupCreateMkStream(ctx, q.stream, redisJobsGroup, "0").Err()
 	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
 		return nil, fmt.Errorf("training: redis: create consumer group: %w", err)
@@ -211,7 +212,10 @@ func (q *redisQueue) submit(j *Job) (Job, error) {
 	return q.m.snapshot(j), nil
 }
 
-// put writes the record of the job this worker runs.
+// put writes the record of the job this worker runs (m.mu held); a
+// terminal record goes with the acknowledgement of the job's stream entry
+// and the removal of its checkpoint and cancellation flag, in one
+// transaction.
 func (q *redisQueue) put(j *Job) error {
 	b, err := encodeRecord(j)
 	if err != nil {
@@ -219,7 +223,14 @@ func (q *redisQueue) put(j *Job) error {
 	}
 	ctx, cancel := opCtx()
 	defer cancel()
-	if err := q.c.HSet(ctx, q.hash, j.ID, b).Err(); err != nil {
+	_, err = q.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, q.hash, j.ID, b)
+		if entry, ok := q.entries[j.ID]; ok && terminal(j.Status) {
+			q.cleanup(ctx, p, entry, j.ID)
+		}
+		return nil
+	})
+	if err != nil {
 		q.m.log.Warn("training: redis: write job record", "job", j.ID, "err", err)
 		return fmt.Errorf("training: redis: write job %s: %w", j.ID, err)
 	}
@@ -417,6 +428,9 @@ func (q *redisQueue) take(ctx context.Context, entry, id string) {
 		return // the entry stays pending; it is claimed again after ClaimIdle
 	}
 	q.m.log.Info("training job taken", "job", id, "worker", q.consumer)
+	q.m.mu.Lock()
+	q.entries[id] = entry
+	q.m.mu.Unlock()
 	hctx, stop := context.WithCancel(ctx)
 	var hb sync.WaitGroup
 	hb.Add(1)
@@ -426,8 +440,9 @@ func (q *redisQueue) take(ctx context.Context, entry, id string) {
 	hb.Wait()
 	q.m.mu.Lock()
 	done := terminal(j.Status)
+	delete(q.entries, id)
 	q.m.mu.Unlock()
-	if done {
+	if done { // again, in case the terminal write failed
 		q.finished(entry, id)
 		_ = os.RemoveAll(filepath.Join(q.m.dir, id))
 	}
@@ -465,20 +480,24 @@ func (q *redisQueue) watch(ctx context.Context, entry, id string) {
 }
 
 // finished acknowledges a finished job's entry and drops its checkpoint and
-// cancellation flag.
+// cancellation flag (idempotent).
 func (q *redisQueue) finished(entry, id string) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	_, err := q.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.XAck(ctx, q.stream, redisJobsGroup, entry)
-		p.XDel(ctx, q.stream, entry)
-		p.Del(ctx, q.ckpt+id)
-		p.SRem(ctx, q.cancels, id)
+		q.cleanup(ctx, p, entry, id)
 		return nil
 	})
 	if err != nil {
 		q.m.log.Warn("training: redis: acknowledge finished job", "job", id, "err", err)
 	}
+}
+
+func (q *redisQueue) cleanup(ctx context.Context, p redis.Pipeliner, entry, id string) {
+	p.XAck(ctx, q.stream, redisJobsGroup, entry)
+	p.XDel(ctx, q.stream, entry)
+	p.Del(ctx, q.ckpt+id)
+	p.SRem(ctx, q.cancels, id)
 }
 
 // fetchCheckpoint puts job id's checkpoint from Redis into dir, or empties
