@@ -191,25 +191,19 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Shutdown stops accepting connections and waits for in-flight requests
 // (streams included) to finish; when ctx ends first, the remaining
-// generations are cancelled and the connections closed.
+// generations are cancelled (their connections close as their handlers
+// return) and ctx's error is returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	s.soo.stopStream() // endless event streams end; generations drain
-	done := make(chan error, 1)
-	go func() { done <- s.app.ShutdownWithContext(context.Background()) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("server: shutdown: %w", err)
-		}
-		return nil
-	case <-ctx.Done():
-		s.cancel()
-		if err := s.app.Shutdown(); err != nil {
-			return fmt.Errorf("server: shutdown: %w", err)
-		}
-		return fmt.Errorf("server: shutdown: %w", ctx.Err())
+	// fasthttp closes idle connections (and unused new ones after 5 s) and
+	// waits for active ones until ctx ends. It holds its lock throughout, so a
+	// second shutdown call must not be made while this one waits.
+	if err := s.app.ShutdownWithContext(ctx); err != nil {
+		s.cancel() // end in-flight generations so their handlers return
+		return fmt.Errorf("server: shutdown: %w", err)
 	}
+	return nil
 }
 
 // health answers 200 {"status":"ok"} when a model is loaded, 503 before.

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"runtime/pprof"
 	"bufio"
 	"bytes"
 	"context"
@@ -73,6 +74,7 @@ func start(t *testing.T, opts Options, lo LoadOptions) *testServer {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := s.Shutdown(ctx); err != nil {
+			pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
 			t.Errorf("shutdown: %v", err)
 		}
 		b.Sched.Close(ctx)
