@@ -1,7 +1,6 @@
 package server
 
 import (
-	"runtime/pprof"
 	"bufio"
 	"bytes"
 	"context"
@@ -13,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -71,6 +71,10 @@ func start(t *testing.T, opts Options, lo LoadOptions) *testServer {
 	}
 	go s.Serve(ln)
 	t.Cleanup(func() {
+		// fasthttp (v1.51) does not count a keep-alive connection as idle
+		// after some streamed responses, so shutdown would wait for it until
+		// the deadline: the clients close their idle connections first.
+		http.DefaultClient.CloseIdleConnections()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := s.Shutdown(ctx); err != nil {
@@ -86,7 +90,8 @@ func (ts *testServer) openai(key string) openai.Client {
 	if key == "" {
 		key = "unused"
 	}
-	return openai.NewClient(option.WithBaseURL(ts.URL+"/v1/"), option.WithAPIKey(key), option.WithMaxRetries(0))
+	return openai.NewClient(option.WithBaseURL(ts.URL+"/v1/"), option.WithAPIKey(key), option.WithMaxRetries(0),
+		option.WithHTTPClient(http.DefaultClient))
 }
 
 func (ts *testServer) post(t *testing.T, path, body string, header ...string) (int, []byte) {
