@@ -37,7 +37,7 @@ type generation struct {
 
 // submit hands g to its base's scheduler. On success the caller owns
 // g.cancel (call it when the response is done).
-func (s *Server) submit(g *generation) error {
+func (s *Server) submit(c *fiber.Ctx, g *generation) error {
 	g.ctx, g.cancel = context.WithCancel(s.ctx)
 	st, err := g.target.Base.Sched.Submit(g.ctx, g.req)
 	if err != nil {
@@ -46,6 +46,9 @@ func (s *Server) submit(g *generation) error {
 	}
 	g.stream = st
 	g.lastToken = make([]time.Time, max(g.req.N, 1))
+	if conn := c.Context().Conn(); conn != nil {
+		go watchClient(g.ctx, conn, g.cancel)
+	}
 	return nil
 }
 

@@ -239,7 +239,7 @@ func (s *Server) ollamaChat(c *fiber.Ctx) error {
 		return err
 	}
 	g.req.Prompt, g.req.Adapter, g.req.EOS = prompt, t.Adapter, t.Base.Tokenizer.EOS()
-	if err := s.submit(g); err != nil {
+	if err := s.submit(c, g); err != nil {
 		return err
 	}
 	resp := func(content string) api.ChatResponse {
@@ -348,7 +348,7 @@ func (s *Server) ollamaGenerate(c *fiber.Ctx) error {
 		return err
 	}
 	g.req.Prompt, g.req.Adapter, g.req.EOS = prompt, t.Adapter, t.Base.Tokenizer.EOS()
-	if err := s.submit(g); err != nil {
+	if err := s.submit(c, g); err != nil {
 		return err
 	}
 	generated := []int{}

@@ -422,7 +422,7 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	}
 	g.req.Prompt, g.req.Adapter, g.req.EOS = prompt, target.Adapter, target.Base.Tokenizer.EOS()
 	soo.prepare(g)
-	if err := s.submit(g); err != nil {
+	if err := s.submit(c, g); err != nil {
 		return err
 	}
 	id, created := newID("chatcmpl-"), time.Now().Unix()
@@ -675,7 +675,7 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	// first prompt token's entry is null). Streamed responses echo the text only.
 	g.req.PromptLogprobs = req.Echo && g.req.Logprobs && !req.Stream
 	soo.prepare(g)
-	if err := s.submit(g); err != nil {
+	if err := s.submit(c, g); err != nil {
 		return err
 	}
 	echo := ""

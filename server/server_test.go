@@ -22,6 +22,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
+	"github.com/sooserve/sooserve/engine"
 	"github.com/sooserve/sooserve/internal/demo"
 )
 
@@ -749,5 +750,85 @@ func TestQueueFullAndDisconnect(t *testing.T) {
 			t.Fatalf("no 499 recorded for the abandoned stream:\n%s", m)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// slowExecutor delays every forward step, so a long generation takes far
+// longer than any reasonable wait in a test.
+type slowExecutor struct {
+	engine.Executor
+	delay time.Duration
+}
+
+func (e slowExecutor) Forward(ctx context.Context, rows []engine.Row) ([]engine.Output, error) {
+	time.Sleep(e.delay)
+	return e.Executor.Forward(ctx, rows)
+}
+
+// TestNonStreamingDisconnectFreesSlot: a client that gives up on a
+// non-streaming request frees its batch slot at once, so a request queued
+// behind it runs long before the abandoned one would have finished (2000
+// tokens at 20 ms a step: 40 s).
+func TestNonStreamingDisconnectFreesSlot(t *testing.T) {
+	b0, err := LoadBase(demoModel(t), LoadOptions{ID: demo.Name, Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b0.Sched.Close(context.Background())
+	ex := slowExecutor{Executor: b0.Sched.Executor(), delay: 20 * time.Millisecond}
+	b, err := NewBase(demo.Name, demoModel(t), ex, b0.Tokenizer, b0.Template, LoadOptions{MaxBatch: 1, MaxQueue: 4}, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{})
+	s.SetModels(Single{Base: b})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() {
+		http.DefaultClient.CloseIdleConnections()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+		b.Sched.Close(ctx)
+	})
+	ts := &testServer{Server: s, URL: "http://" + ln.Addr().String(), base: b}
+
+	long := `{"model":"soo-demo","prompt":"Once upon a time","max_tokens":2000,"temperature":0,"stop":["\u0000never"]}`
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ts.URL+"/v1/completions", strings.NewReader(long))
+	req.Header.Set("Content-Type", "application/json")
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, err := (&http.Client{Transport: tr}).Do(req); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			t.Errorf("the abandoned request completed: %d %.200s", resp.StatusCode, b)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if running, _ := ts.base.Sched.Stats(); running == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the long request never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel() // the client disconnects
+	<-done
+	start := time.Now()
+	code, body := ts.post(t, "/v1/completions", `{"model":"soo-demo","prompt":"Hi","max_tokens":3,"temperature":0}`)
+	if code != 200 {
+		t.Fatalf("next request: %d %s", code, body)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the next request waited %v: the abandoned one kept its slot", took)
 	}
 }
