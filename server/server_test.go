@@ -65,6 +65,12 @@ func start(t *testing.T, opts Options, lo LoadOptions) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serve(t, s, b)
+}
+
+// serve runs s with base b on a loopback port until the test ends.
+func serve(t *testing.T, s *Server, b *Base) *testServer {
+	t.Helper()
 	s.SetModels(Single{Base: b})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -780,21 +786,7 @@ func TestNonStreamingDisconnectFreesSlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Options{})
-	s.SetModels(Single{Base: b})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	t.Cleanup(func() {
-		http.DefaultClient.CloseIdleConnections()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-		b.Sched.Close(ctx)
-	})
-	ts := &testServer{Server: s, URL: "http://" + ln.Addr().String(), base: b}
+	ts := serve(t, New(Options{}), b)
 
 	long := `{"model":"soo-demo","prompt":"Once upon a time","max_tokens":2000,"temperature":0,"stop":["\u0000never"]}`
 	ctx, cancel := context.WithCancel(context.Background())
