@@ -55,24 +55,31 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-// TestRunDemoAndShutdown starts the binary's run on the demo model, makes a
-// request, and shuts down through ctx as SIGTERM would.
-func TestRunDemoAndShutdown(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+// startRun runs the binary's run on the demo model in a fresh data
+// directory and returns its base URL, its log and its result channel.
+func startRun(ctx context.Context, t *testing.T) (string, *syncBuf, chan error) {
+	t.Helper()
 	addrs := make(chan string, 1)
 	logs := &syncBuf{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir()}, envOf(nil), logs, addrs)
 	}()
-	var url string
 	select {
 	case a := <-addrs:
-		url = "http://" + a
+		return "http://" + a, logs, done
 	case err := <-done:
 		t.Fatal(err)
 	}
+	return "", nil, nil
+}
+
+// TestRunDemoAndShutdown starts the binary's run on the demo model, makes a
+// request, and shuts down through ctx as SIGTERM would.
+func TestRunDemoAndShutdown(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	url, logs, done := startRun(ctx, t)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := http.Get(url + "/health")

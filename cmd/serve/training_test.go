@@ -16,19 +16,7 @@ import (
 func TestTrainServeAdapter(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addrs := make(chan string, 1)
-	logs := &syncBuf{}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir()}, envOf(nil), logs, addrs)
-	}()
-	var url string
-	select {
-	case a := <-addrs:
-		url = "http://" + a
-	case err := <-done:
-		t.Fatal(err)
-	}
+	url, logs, done := startRun(ctx, t)
 	post := func(path, body string) (int, []byte) {
 		resp, err := http.Post(url+path, "application/json", strings.NewReader(body))
 		if err != nil {
