@@ -2,10 +2,8 @@ package cpu_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,18 +16,6 @@ import (
 	"github.com/sooserve/sooserve/internal/refcase"
 	"github.com/sooserve/sooserve/training"
 )
-
-type sooGradRef struct {
-	Adapter  string  `json:"adapter"`
-	Model    string  `json:"model"`
-	Layer    int     `json:"layer"`
-	SelfIDs  []int32 `json:"self_ids"`
-	OtherIDs []int32 `json:"other_ids"`
-	Poolings map[string]struct {
-		Loss    float64 `json:"loss"`
-		Tensors string  `json:"tensors"`
-	} `json:"poolings"`
-}
 
 // sooLossGrad runs the SOO loss for one pair through ForwardTrain/Backward.
 func sooLossGrad(t testing.TB, ex *cpu.Executor, a *lora.Adapter, self, other []int32, pt engine.Point, pool training.Pooling) (float64, *lora.Adapter) {
@@ -52,16 +38,8 @@ func sooLossGrad(t testing.TB, ex *cpu.Executor, a *lora.Adapter, self, other []
 // TestSOOGradMatchesPyTorch compares the LoRA gradients of the SOO loss with
 // the PyTorch reference's float64 autograd for every pooling.
 func TestSOOGradMatchesPyTorch(t *testing.T) {
-	td, err := refcase.TestData()
+	ref, td, err := refcase.LoadSOOGrad()
 	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(td, "reference/soo_grad.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ref sooGradRef
-	if err := json.Unmarshal(b, &ref); err != nil {
 		t.Fatal(err)
 	}
 	m, err := model.Load(filepath.Join(td, ref.Model), model.LoadOptions{})

@@ -17,6 +17,7 @@ import (
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/safetensors"
 	"github.com/sooserve/sooserve/engine/xla"
+	"github.com/sooserve/sooserve/internal/refcase"
 )
 
 const testdata = "../../testdata"
@@ -346,24 +347,9 @@ func TestBackendOption(t *testing.T) {
 // TestSOOLossGrad checks loss and LoRA gradients against the float64 PyTorch
 // autograd reference for every pooling.
 func TestSOOLossGrad(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(testdata, "reference", "soo_grad.json"))
+	ref, _, err := refcase.LoadSOOGrad()
 	if err != nil {
 		t.Fatalf("reference fixtures: %v", err)
-	}
-	var ref struct {
-		Model    string  `json:"model"`
-		Adapter  string  `json:"adapter"`
-		Layer    int     `json:"layer"`
-		Site     string  `json:"site"`
-		SelfIDs  []int32 `json:"self_ids"`
-		OtherIDs []int32 `json:"other_ids"`
-		Poolings map[string]struct {
-			Loss    float64 `json:"loss"`
-			Tensors string  `json:"tensors"`
-		} `json:"poolings"`
-	}
-	if err := json.Unmarshal(b, &ref); err != nil {
-		t.Fatal(err)
 	}
 	e := executor(t, ref.Model)
 	a := loadAdapter(t, e, &ref.Adapter)

@@ -96,3 +96,35 @@ func MaxAbsDiff(a, b []float32) float64 {
 	}
 	return m
 }
+
+// SOOGrad is testdata/reference/soo_grad.json: one self/other pair, the
+// capture point, and per pooling the loss and the file of LoRA gradients.
+type SOOGrad struct {
+	Model    string  `json:"model"`
+	Adapter  string  `json:"adapter"`
+	Layer    int     `json:"layer"`
+	Site     string  `json:"site"`
+	SelfIDs  []int32 `json:"self_ids"`
+	OtherIDs []int32 `json:"other_ids"`
+	Poolings map[string]struct {
+		Loss    float64 `json:"loss"`
+		Tensors string  `json:"tensors"`
+	} `json:"poolings"`
+}
+
+// LoadSOOGrad reads testdata/reference/soo_grad.json.
+func LoadSOOGrad() (*SOOGrad, string, error) {
+	td, err := TestData()
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := os.ReadFile(filepath.Join(td, "reference", "soo_grad.json"))
+	if err != nil {
+		return nil, "", fmt.Errorf("refcase: %w", err)
+	}
+	var g SOOGrad
+	if err := json.Unmarshal(b, &g); err != nil {
+		return nil, "", fmt.Errorf("refcase: soo_grad.json: %w", err)
+	}
+	return &g, td, nil
+}
