@@ -202,6 +202,7 @@ func Train(ctx context.Context, ex *cpu.Executor, pairs []TokPair, spec Spec, na
 	pt := engine.Point{Layer: spec.Layer, Site: spec.site}
 	began := time.Now()
 	var tokens int
+	var ws cpu.Workspace
 	for epoch := start; epoch < spec.Epochs; epoch++ {
 		order := epochOrder(len(pairs), spec.Seed, epoch)
 		for b := 0; b < stepsPerEpoch; b++ {
@@ -210,7 +211,7 @@ func Train(ctx context.Context, ex *cpu.Executor, pairs []TokPair, spec Spec, na
 			}
 			idx := order[b*bs : min((b+1)*bs, len(order))]
 			step := epoch*stepsPerEpoch + b
-			loss, n, err := trainStep(ctx, ex, a, opt, pairs, idx, pt, spec, uint64(step))
+			loss, n, err := trainStep(ctx, ex, &ws, a, opt, pairs, idx, pt, spec, uint64(step))
 			if err != nil {
 				return nil, err
 			}
@@ -244,15 +245,16 @@ func epochOrder(n int, seed uint64, epoch int) []int {
 }
 
 // trainStep runs one optimiser step on the pairs idx and returns the batch's
-// mean loss and the number of tokens processed.
-func trainStep(ctx context.Context, ex *cpu.Executor, a *lora.Adapter, opt *AdamW, pairs []TokPair, idx []int, pt engine.Point, spec Spec, step uint64) (float64, int, error) {
+// mean loss and the number of tokens processed. Its buffers come from ws,
+// which a run passes to every step.
+func trainStep(ctx context.Context, ex *cpu.Executor, ws *cpu.Workspace, a *lora.Adapter, opt *AdamW, pairs []TokPair, idx []int, pt engine.Point, spec Spec, step uint64) (float64, int, error) {
 	seqs := make([][]int32, 0, 2*len(idx))
 	n := 0
 	for _, i := range idx {
 		seqs = append(seqs, pairs[i].Self, pairs[i].Other)
 		n += len(pairs[i].Self) + len(pairs[i].Other)
 	}
-	tape, acts, err := ex.ForwardTrain(ctx, a, seqs, pt, cpu.TrainOptions{Dropout: spec.Dropout, Seed: spec.Seed<<20 ^ step})
+	tape, acts, err := ex.ForwardTrain(ctx, a, seqs, pt, cpu.TrainOptions{Dropout: spec.Dropout, Seed: spec.Seed<<20 ^ step, Workspace: ws})
 	if err != nil {
 		return 0, 0, fmt.Errorf("training: forward: %w", err)
 	}

@@ -18,6 +18,12 @@ import (
 // gradients for the LoRA A and B matrices. The base weights are frozen.
 // Each operation's backward sits next to the forward it undoes; the whole is
 // checked against finite differences and the PyTorch reference's autograd.
+//
+// Every product, including the LoRA paths' small ones, runs on the
+// executor's tile kernels (Executor.matmul), whose sums depend only on the
+// reduction length, and every other loop is either serial or split over
+// independent tokens or elements: a pass is bit-for-bit repeatable whatever
+// the thread count or scheduling.
 
 // TrainOptions configures a training forward pass.
 type TrainOptions struct {
@@ -25,13 +31,61 @@ type TrainOptions struct {
 	Dropout float64
 	// Seed seeds the dropout masks.
 	Seed uint64
+	// Workspace, when set, supplies the pass's buffers (see Workspace);
+	// nil allocates fresh ones.
+	Workspace *Workspace
+}
+
+// Workspace keeps the buffers of training passes (activations, gradients,
+// scratch) so that consecutive steps reuse them instead of allocating and
+// faulting in tens of megabytes each. It serves one pass at a time:
+// ForwardTrain with a Workspace invalidates the Tape of the previous pass
+// that used it (the activations ForwardTrain returns are copies and stay
+// valid). The zero value is ready to use; it is not safe for concurrent use.
+type Workspace struct {
+	bufs [][]float32
+	next int
+}
+
+// take returns the pass's next buffer, of n floats with unspecified
+// contents. A pass asks for the same sequence of sizes as the previous one
+// whenever its shapes repeat, so buffer i is reused by request i; a buffer
+// too small for its request is replaced by a larger one.
+func (w *Workspace) take(n int) []float32 {
+	if w.next == len(w.bufs) {
+		w.bufs = append(w.bufs, nil)
+	}
+	b := w.bufs[w.next]
+	if cap(b) < n {
+		b = make([]float32, n)
+		w.bufs[w.next] = b
+	}
+	w.next++
+	return b[:n]
+}
+
+// zeros is take with the buffer cleared.
+func (w *Workspace) zeros(n int) []float32 {
+	b := w.take(n)
+	clear(b)
+	return b
+}
+
+// fit returns *buf resized to n, first replacing it with a buffer from the
+// workspace when its capacity is short: scratch that one pass uses over and
+// over.
+func (w *Workspace) fit(buf *[]float32, n int) []float32 {
+	if cap(*buf) < n {
+		*buf = w.take(n)
+	}
+	return (*buf)[:n]
 }
 
 // linTape records one projection's LoRA intermediates.
 type linTape struct {
 	in   []float32 // input x [N, In] (aliases another buffer of the layer)
 	drop []float32 // dropout(x) when dropout is on; nil otherwise
-	u    []float32 // A·dropout(x), [N, R]
+	uT   []float32 // (A·dropout(x))ᵀ, [R, N]
 }
 
 // layerTape records one decoder layer's forward pass.
@@ -55,18 +109,99 @@ type layerTape struct {
 	mlp      bool // whether the MLP half ran
 }
 
+// scratch is a pass's temporary storage, reused by every projection in turn.
+type scratch struct {
+	acc      []float32 // a product's result before it is added to its destination
+	xT, dyT  []float32 // transposed projection input and output gradient
+	xTof     *float32  // first element of the input xT holds, nil when none
+	xTlen    int       // and its length
+	u, du    []float32 // [N, R]
+	duT      []float32 // [R, N]
+	bT, aT   []float32 // Bᵀ [R, Out] and Aᵀ [In, R]
+	dBT, dA  []float32 // [R, Out] and [R, In]
+	attnRows []float32 // per-task rows of attention backward
+}
+
 // Tape is a recorded training forward pass over one or more sequences, each
 // starting at position 0.
 type Tape struct {
 	e       *Executor
 	a       *lora.Adapter
+	ws      *Workspace
+	s       scratch
 	segs    []int // token offset of each sequence; last entry = total
+	n       int   // total tokens
 	point   engine.Point
 	layers  []layerTape
 	cos     []float32
 	sin     []float32
 	dropout float64
 	probOff [][]int // [segment][head] offset into layer probs
+}
+
+// f32Matrix is a [rows, cols] F32 matrix header over data, without a copy,
+// so that activations and LoRA factors can go through Executor.matmul.
+func f32Matrix(rows, cols int, data []float32) *model.Matrix {
+	return &model.Matrix{Rows: rows, Cols: cols, DType: model.F32, F32: data[:rows*cols]}
+}
+
+// Grains of the parallel loops: enough work per chunk to outweigh claiming it.
+const (
+	tokGrain  = 8       // tokens
+	elemGrain = 1 << 14 // elements
+)
+
+// forRange runs fn over [0, n) in chunks of grain on the executor's threads.
+func (e *Executor) forRange(n, grain int, fn func(lo, hi int)) {
+	parallelDynamic(e.threads, n, grain, fn)
+}
+
+// addTo computes dst += src.
+func (e *Executor) addTo(dst, src []float32) {
+	dst = dst[:len(src)]
+	e.forRange(len(src), elemGrain, func(lo, hi int) {
+		d, s := dst[lo:hi], src[lo:hi]
+		for i, v := range s {
+			d[i] += v
+		}
+	})
+}
+
+// sum writes dst = a + b.
+func (e *Executor) sum(dst, a, b []float32) {
+	dst, b = dst[:len(a)], b[:len(a)]
+	e.forRange(len(a), elemGrain, func(lo, hi int) {
+		d, x, y := dst[lo:hi], a[lo:hi], b[lo:hi]
+		for i := range d {
+			d[i] = x[i] + y[i]
+		}
+	})
+}
+
+// transpose writes dst[c*rows+r] = src[r*cols+c] for a [rows, cols] src,
+// in cache-sized blocks, split over the executor's threads by column blocks.
+func (e *Executor) transpose(dst, src []float32, rows, cols int) {
+	const b = 16
+	if rows*cols == 0 {
+		return
+	}
+	_, _ = dst[rows*cols-1], src[rows*cols-1]
+	blocks := (cols + b - 1) / b
+	grain := max(1, elemGrain/(b*rows))
+	e.forRange(blocks, grain, func(lo, hi int) {
+		for c0 := lo * b; c0 < min(hi*b, cols); c0 += b {
+			c1 := min(c0+b, cols)
+			for r0 := 0; r0 < rows; r0 += b {
+				r1 := min(r0+b, rows)
+				for r := r0; r < r1; r++ {
+					row := src[r*cols+c0 : r*cols+c1]
+					for c, v := range row {
+						dst[(c0+c)*rows+r] = v
+					}
+				}
+			}
+		}
+	})
 }
 
 // ForwardTrain runs seqs through layers 0..point.Layer with adapter a and
@@ -85,7 +220,12 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 	if opts.Dropout < 0 || opts.Dropout >= 1 {
 		return nil, nil, fmt.Errorf("cpu: train: dropout %g outside [0, 1)", opts.Dropout)
 	}
-	tp := &Tape{e: e, a: a, point: point, dropout: opts.Dropout, segs: []int{0}}
+	ws := opts.Workspace
+	if ws == nil {
+		ws = new(Workspace)
+	}
+	ws.next = 0
+	tp := &Tape{e: e, a: a, ws: ws, point: point, dropout: opts.Dropout, segs: []int{0}}
 	var toks []int32
 	for i, s := range seqs {
 		if len(s) == 0 || len(s) > e.maxCtx {
@@ -100,9 +240,10 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 		tp.segs = append(tp.segs, len(toks))
 	}
 	N, d := len(toks), cfg.Hidden
+	tp.n = N
 	half := cfg.HeadDim / 2
-	tp.cos = make([]float32, N*half)
-	tp.sin = make([]float32, N*half)
+	tp.cos = ws.take(N * half)
+	tp.sin = ws.take(N * half)
 	for si := 0; si+1 < len(tp.segs); si++ {
 		for t := tp.segs[si]; t < tp.segs[si+1]; t++ {
 			pos := float32(t - tp.segs[si])
@@ -123,7 +264,7 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 			off += n * n
 		}
 	}
-	x := make([]float32, N*d)
+	x := ws.take(N * d)
 	for t, tok := range toks {
 		row := x[t*d : (t+1)*d]
 		e.m.Embed.RowF32(int(tok), row)
@@ -159,45 +300,58 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 }
 
 // normFwd applies RMSNorm per token and returns the 1/rms factors.
-func normFwd(dst, x, w []float32, eps float32, n int) []float32 {
-	d := len(w)
-	r := make([]float32, n)
-	for t := 0; t < n; t++ {
-		xt := x[t*d : (t+1)*d]
-		var ss float64
-		for _, v := range xt {
-			ss += float64(v) * float64(v)
+func (tp *Tape) normFwd(dst, x, w []float32) []float32 {
+	d, eps := len(w), tp.e.cfg.NormEps
+	r := tp.ws.take(tp.n)
+	tp.e.forRange(tp.n, tokGrain, func(lo, hi int) {
+		for t := lo; t < hi; t++ {
+			xt, dt := x[t*d:(t+1)*d], dst[t*d:(t+1)*d]
+			var ss float64
+			for _, v := range xt {
+				ss += float64(v) * float64(v)
+			}
+			inv := float32(1 / math.Sqrt(ss/float64(d)+float64(eps)))
+			r[t] = inv
+			for i, v := range xt {
+				dt[i] = v * inv * w[i]
+			}
 		}
-		inv := float32(1 / math.Sqrt(ss/float64(d)+float64(eps)))
-		r[t] = inv
-		for i, v := range xt {
-			dst[t*d+i] = v * inv * w[i]
-		}
-	}
+	})
 	return r
 }
 
-// normBwd accumulates into dx the gradient through y = x·r·w given dy.
-func normBwd(dx, dy, x, w, r []float32, n int) {
+// normBwd maps dy, the gradient at y = x·r·w, to the gradient at x, adding
+// it to dx when acc is set and writing it there otherwise.
+func (tp *Tape) normBwd(dx, dy, x, w, r []float32, acc bool) {
 	d := len(w)
-	for t := 0; t < n; t++ {
-		xt, gt, dxt := x[t*d:(t+1)*d], dy[t*d:(t+1)*d], dx[t*d:(t+1)*d]
-		var s float64
-		for i := range xt {
-			s += float64(gt[i]) * float64(w[i]) * float64(xt[i])
+	tp.e.forRange(tp.n, tokGrain, func(lo, hi int) {
+		for t := lo; t < hi; t++ {
+			xt, gt, dxt := x[t*d:(t+1)*d], dy[t*d:(t+1)*d], dx[t*d:(t+1)*d]
+			var s float64
+			for i := range xt {
+				s += float64(gt[i]) * float64(w[i]) * float64(xt[i])
+			}
+			rt := r[t]
+			c := float32(s/float64(d)) * rt * rt * rt
+			if acc {
+				for i := range xt {
+					dxt[i] += rt*gt[i]*w[i] - c*xt[i]
+				}
+			} else {
+				for i := range xt {
+					dxt[i] = rt*gt[i]*w[i] - c*xt[i]
+				}
+			}
 		}
-		rt := r[t]
-		c := float32(s/float64(d)) * rt * rt * rt
-		for i := range xt {
-			dxt[i] += rt*gt[i]*w[i] - c*xt[i]
-		}
-	}
+	})
 }
 
 // projFwd computes out = x·Wᵀ + b + s·B(A·dropout(x)) over all N tokens.
+// The LoRA path is two products on the tile kernels: uᵀ = A·dropout(x)ᵀ
+// (the tokens as weight rows, so the product splits over them) and
+// s·u·Bᵀ, added to out.
 func (tp *Tape) projFwd(l int, mod model.Module, x []float32, out []float32, lt *layerTape, rng *rand.Rand) {
-	e := tp.e
-	N := tp.segs[len(tp.segs)-1]
+	e, N, sc := tp.e, tp.n, &tp.s
 	lin := &e.m.Layers[l].Proj[mod]
 	e.matmul(&lin.W, lin.Bias, x, N, out)
 	p := tp.a.Get(l, mod)
@@ -208,34 +362,43 @@ func (tp *Tape) projFwd(l int, mod model.Module, x []float32, out []float32, lt 
 	xin := x
 	if tp.dropout > 0 {
 		keep := float32(1 / (1 - tp.dropout))
-		rec.drop = make([]float32, len(x))
+		rec.drop = tp.ws.take(len(x))
 		for i, v := range x {
 			if rng.Float64() >= tp.dropout {
 				rec.drop[i] = v * keep
+			} else {
+				rec.drop[i] = 0
 			}
 		}
 		xin = rec.drop
 	}
-	rec.u = make([]float32, N*p.R)
-	for t := 0; t < N; t++ {
-		xt := xin[t*p.In : (t+1)*p.In]
-		for j := 0; j < p.R; j++ {
-			rec.u[t*p.R+j] = dot(p.A[j*p.In:(j+1)*p.In], xt)
+	rec.uT = tp.ws.take(p.R * N)
+	e.matmul(f32Matrix(N, p.In, xin), nil, p.A, p.R, rec.uT) // uT[j*N+t] = x[t]·A[j]
+	u := tp.ws.fit(&sc.u, N*p.R)
+	e.transpose(u, rec.uT, p.R, N)
+	tmp := tp.ws.fit(&sc.acc, N*p.Out)
+	e.matmul(f32Matrix(p.Out, p.R, p.B), nil, u, N, tmp) // tmp[t*Out+o] = B[o]·u[t]
+	s := p.Scale
+	e.forRange(len(tmp), elemGrain, func(lo, hi int) {
+		o, t := out[lo:hi], tmp[lo:hi]
+		for i, v := range t {
+			o[i] += s * v
 		}
-		ot := out[t*p.Out : (t+1)*p.Out]
-		ut := rec.u[t*p.R : (t+1)*p.R]
-		for o := range ot {
-			ot[o] += p.Scale * dot(p.B[o*p.R:(o+1)*p.R], ut)
-		}
-	}
+	})
 	lt.lin[mod] = rec
 }
 
-// projBwd accumulates dx += dy·W (+ the LoRA path) and the LoRA gradients.
-func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, lt *layerTape, grad *lora.Adapter) {
-	e := tp.e
-	N := tp.segs[len(tp.segs)-1]
-	e.matmulBwd(l, mod, dy, N, dx)
+// projBwd maps dy to the gradient at the projection's input, adding it to
+// dx when acc is set and writing it there otherwise, and accumulates the
+// LoRA gradients. With u = A·x' (x' = dropout(x)) and du = s·dy·B:
+//
+//	dB += s·dyᵀ·u,  dA += duᵀ·x',  dx += dy·W + du·A (through the mask).
+//
+// Each is one product on the tile kernels, over transposes of the
+// activations where the sum runs over tokens.
+func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, acc bool, lt *layerTape, grad *lora.Adapter) {
+	e, N, ws, sc := tp.e, tp.n, tp.ws, &tp.s
+	tp.matmulBwd(l, mod, dy, dx, acc)
 	p := tp.a.Get(l, mod)
 	if p == nil {
 		return
@@ -246,53 +409,81 @@ func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, lt *layerTape
 	if rec.drop != nil {
 		xin = rec.drop
 	}
-	du := make([]float32, p.R)
-	dxl := make([]float32, p.In)
-	for t := 0; t < N; t++ {
-		dyt := dy[t*p.Out : (t+1)*p.Out]
-		ut := rec.u[t*p.R : (t+1)*p.R]
-		clear(du)
-		for o, gy := range dyt {
-			if gy == 0 {
-				continue
-			}
-			gs := gy * p.Scale
-			axpy(gs, ut, g.B[o*p.R:(o+1)*p.R])
-			axpy(gs, p.B[o*p.R:(o+1)*p.R], du)
-		}
-		xt := xin[t*p.In : (t+1)*p.In]
-		clear(dxl)
-		for j, gu := range du {
-			axpy(gu, xt, g.A[j*p.In:(j+1)*p.In])
-			axpy(gu, p.A[j*p.In:(j+1)*p.In], dxl)
-		}
-		dxt := dx[t*p.In : (t+1)*p.In]
-		if rec.drop != nil {
-			// d dropout(x)/dx is the kept mask scaled by 1/(1-p).
-			keep := float32(1 / (1 - tp.dropout))
-			for i, v := range dxl {
-				if xin[t*p.In+i] != 0 || rec.in[t*p.In+i] == 0 {
-					dxt[i] += v * keep
-				}
-			}
-		} else {
-			for i, v := range dxl {
-				dxt[i] += v
-			}
+	R, In, Out, s := p.R, p.In, p.Out, p.Scale
+	// dBᵀ[j, o] = Σ_t u[t, j]·dy[t, o]
+	dyT := ws.fit(&sc.dyT, Out*N)
+	e.transpose(dyT, dy, N, Out)
+	dBT := ws.fit(&sc.dBT, R*Out)
+	e.matmul(f32Matrix(Out, N, dyT), nil, rec.uT, R, dBT)
+	for j := 0; j < R; j++ {
+		for o, v := range dBT[j*Out : (j+1)*Out] {
+			g.B[o*R+j] += s * v
 		}
 	}
+	// duᵀ[j, t] = s·Σ_o B[o, j]·dy[t, o]
+	bT := ws.fit(&sc.bT, R*Out)
+	e.transpose(bT, p.B, Out, R)
+	duT := ws.fit(&sc.duT, R*N)
+	e.matmul(f32Matrix(N, Out, dy), nil, bT, R, duT)
+	for i := range duT {
+		duT[i] *= s
+	}
+	// dA[j, i] = Σ_t du[t, j]·x'[t, i]
+	xT := tp.inputT(xin, In)
+	dA := ws.fit(&sc.dA, R*In)
+	e.matmul(f32Matrix(In, N, xT), nil, duT, R, dA)
+	for i, v := range dA {
+		g.A[i] += v
+	}
+	// dx' = du·A, then through dropout: d dropout(x)/dx is the kept mask
+	// scaled by 1/(1-p).
+	du := ws.fit(&sc.du, N*R)
+	e.transpose(du, duT, R, N)
+	aT := ws.fit(&sc.aT, In*R)
+	e.transpose(aT, p.A, R, In)
+	dxl := ws.fit(&sc.acc, N*In)
+	e.matmul(f32Matrix(In, R, aT), nil, du, N, dxl)
+	if rec.drop == nil {
+		e.addTo(dx[:N*In], dxl)
+		return
+	}
+	keep := float32(1 / (1 - tp.dropout))
+	e.forRange(N*In, elemGrain, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if xin[i] != 0 || rec.in[i] == 0 {
+				dx[i] += dxl[i] * keep
+			}
+		}
+	})
 }
 
-// matmulBwd accumulates dx[n, W.Cols] += dy[n, W.Rows]·W. It runs the
-// forward kernels over Wᵀ, which is built once per weight and kept (training
-// trades that memory for backward passes as fast as forward ones).
-func (e *Executor) matmulBwd(l int, mod model.Module, dy []float32, n int, dx []float32) {
-	wt := e.wT.get(&e.m.Layers[l].Proj[mod].W, l, mod)
-	tmp := make([]float32, n*wt.Rows)
-	e.matmul(wt, nil, dy, n, tmp)
-	for i, v := range tmp {
-		dx[i] += v
+// inputT returns the transpose [In, N] of a projection input x [N, In],
+// reusing the last one when q/k/v (or gate/up) share their input.
+func (tp *Tape) inputT(x []float32, in int) []float32 {
+	sc := &tp.s
+	if sc.xTof == &x[0] && sc.xTlen == len(x) {
+		return sc.xT[:len(x)]
 	}
+	xT := tp.ws.fit(&sc.xT, len(x))
+	tp.e.transpose(xT, x, tp.n, in)
+	sc.xTof, sc.xTlen = &x[0], len(x)
+	return xT
+}
+
+// matmulBwd maps dy [N, W.Rows] to dy·W [N, W.Cols], adding it to dx when
+// acc is set and writing it there otherwise. It runs the forward kernels
+// over Wᵀ, which is built once per weight and kept (training trades that
+// memory for backward passes as fast as forward ones).
+func (tp *Tape) matmulBwd(l int, mod model.Module, dy, dx []float32, acc bool) {
+	e := tp.e
+	wt := e.wT.get(&e.m.Layers[l].Proj[mod].W, l, mod)
+	if !acc {
+		e.matmul(wt, nil, dy, tp.n, dx)
+		return
+	}
+	tmp := tp.ws.fit(&tp.s.acc, tp.n*wt.Rows)
+	e.matmul(wt, nil, dy, tp.n, tmp)
+	e.addTo(dx, tmp)
 }
 
 // transposeCache holds f32 transposes of weight matrices, per (layer, module).
@@ -308,86 +499,106 @@ func (c *transposeCache) get(w *model.Matrix, l int, mod model.Module) *model.Ma
 		return t
 	}
 	t := &model.Matrix{Rows: w.Cols, Cols: w.Rows, DType: model.F32, F32: make([]float32, w.Rows*w.Cols)}
-	row := make([]float32, w.Cols)
-	for o := 0; o < w.Rows; o++ {
-		w.RowF32(o, row)
-		for i, v := range row {
-			t.F32[i*w.Rows+o] = v
+	// Blocks of 16 rows are decoded and then written out column by column,
+	// so each store run is 16 contiguous floats.
+	const b = 16
+	blk := make([]float32, b*w.Cols)
+	for o0 := 0; o0 < w.Rows; o0 += b {
+		nb := min(b, w.Rows-o0)
+		for k := range nb {
+			w.RowF32(o0+k, blk[k*w.Cols:(k+1)*w.Cols])
+		}
+		for i := 0; i < w.Cols; i++ {
+			dst := t.F32[i*w.Rows+o0 : i*w.Rows+o0+nb]
+			for k := range dst {
+				dst[k] = blk[k*w.Cols+i]
+			}
 		}
 	}
 	c.m[l][mod] = t
 	return t
 }
 
+// rope rotates the q and k heads of every token in place (inverse when inv
+// is set, for their gradients).
+func (tp *Tape) rope(q, k []float32, inv bool) {
+	cfg := tp.e.cfg
+	hd, half := cfg.HeadDim, cfg.HeadDim/2
+	f := rope
+	if inv {
+		f = ropeBwd
+	}
+	tp.e.forRange(tp.n, tokGrain, func(lo, hi int) {
+		for t := lo; t < hi; t++ {
+			c, s := tp.cos[t*half:(t+1)*half], tp.sin[t*half:(t+1)*half]
+			for h := 0; h < cfg.Heads; h++ {
+				f(q[(t*cfg.Heads+h)*hd:(t*cfg.Heads+h+1)*hd], c, s)
+			}
+			for h := 0; h < cfg.KVHeads; h++ {
+				f(k[(t*cfg.KVHeads+h)*hd:(t*cfg.KVHeads+h+1)*hd], c, s)
+			}
+		}
+	})
+}
+
 func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probLen int) []float32 {
-	e, cfg := tp.e, tp.e.cfg
+	e, cfg, ws := tp.e, tp.e.cfg, tp.ws
 	L := &e.m.Layers[l]
-	N, d := tp.segs[len(tp.segs)-1], cfg.Hidden
+	N, d := tp.n, cfg.Hidden
 	lt := &tp.layers[l]
 	lt.x = x
-	lt.xn1 = make([]float32, N*d)
-	lt.r1 = normFwd(lt.xn1, x, L.AttnNorm, cfg.NormEps, N)
-	lt.q = make([]float32, N*cfg.QDim())
-	lt.k = make([]float32, N*cfg.KVDim())
-	lt.v = make([]float32, N*cfg.KVDim())
+	lt.xn1 = ws.take(N * d)
+	lt.r1 = tp.normFwd(lt.xn1, x, L.AttnNorm)
+	lt.q = ws.take(N * cfg.QDim())
+	lt.k = ws.take(N * cfg.KVDim())
+	lt.v = ws.take(N * cfg.KVDim())
 	tp.projFwd(l, model.Q, lt.xn1, lt.q, lt, rng)
 	tp.projFwd(l, model.K, lt.xn1, lt.k, lt, rng)
 	tp.projFwd(l, model.V, lt.xn1, lt.v, lt, rng)
-	hd, half := cfg.HeadDim, cfg.HeadDim/2
-	for t := 0; t < N; t++ {
-		c, s := tp.cos[t*half:(t+1)*half], tp.sin[t*half:(t+1)*half]
-		for h := 0; h < cfg.Heads; h++ {
-			rope(lt.q[(t*cfg.Heads+h)*hd:(t*cfg.Heads+h+1)*hd], c, s)
-		}
-		for h := 0; h < cfg.KVHeads; h++ {
-			rope(lt.k[(t*cfg.KVHeads+h)*hd:(t*cfg.KVHeads+h+1)*hd], c, s)
-		}
-	}
-	lt.probs = make([]float32, probLen)
+	tp.rope(lt.q, lt.k, false)
+	lt.probs = ws.take(probLen)
 	if cfg.AttnSoftcap > 0 {
-		lt.capped = make([]float32, probLen)
+		lt.capped = ws.take(probLen)
 	}
-	lt.att = make([]float32, N*cfg.QDim())
+	lt.att = ws.zeros(N * cfg.QDim())
 	tp.attnFwd(l, lt)
-	lt.o = make([]float32, N*d)
+	lt.o = ws.take(N * d)
 	tp.projFwd(l, model.O, lt.att, lt.o, lt, rng)
 	on := lt.o
 	if L.AttnPostNorm != nil {
-		on = make([]float32, N*d)
-		lt.rAP = normFwd(on, lt.o, L.AttnPostNorm, cfg.NormEps, N)
+		on = ws.take(N * d)
+		lt.rAP = tp.normFwd(on, lt.o, L.AttnPostNorm)
 	}
-	lt.h = make([]float32, N*d)
-	for i := range lt.h {
-		lt.h[i] = x[i] + on[i]
-	}
+	lt.h = ws.take(N * d)
+	e.sum(lt.h, x, on)
 	if !mlp {
 		return lt.h
 	}
 	lt.mlp = true
-	lt.xn2 = make([]float32, N*d)
-	lt.r2 = normFwd(lt.xn2, lt.h, L.MLPNorm, cfg.NormEps, N)
+	lt.xn2 = ws.take(N * d)
+	lt.r2 = tp.normFwd(lt.xn2, lt.h, L.MLPNorm)
 	I := cfg.Intermediate
-	lt.g, lt.up, lt.a = make([]float32, N*I), make([]float32, N*I), make([]float32, N*I)
+	lt.g, lt.up, lt.a = ws.take(N*I), ws.take(N*I), ws.take(N*I)
 	tp.projFwd(l, model.Gate, lt.xn2, lt.g, lt, rng)
 	tp.projFwd(l, model.Up, lt.xn2, lt.up, lt, rng)
 	act := silu
 	if cfg.Act == model.GELUTanh {
 		act = geluTanh
 	}
-	for i, g := range lt.g {
-		lt.a[i] = act(g) * lt.up[i]
-	}
-	lt.dn = make([]float32, N*d)
+	e.forRange(N*I, elemGrain, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			lt.a[i] = act(lt.g[i]) * lt.up[i]
+		}
+	})
+	lt.dn = ws.take(N * d)
 	tp.projFwd(l, model.Down, lt.a, lt.dn, lt, rng)
 	dnn := lt.dn
 	if L.MLPPostNorm != nil {
-		dnn = make([]float32, N*d)
-		lt.rMP = normFwd(dnn, lt.dn, L.MLPPostNorm, cfg.NormEps, N)
+		dnn = ws.take(N * d)
+		lt.rMP = tp.normFwd(dnn, lt.dn, L.MLPPostNorm)
 	}
-	out := make([]float32, N*d)
-	for i := range out {
-		out[i] = lt.h[i] + dnn[i]
-	}
+	out := ws.take(N * d)
+	e.sum(out, lt.h, dnn)
 	return out
 }
 
@@ -494,9 +705,12 @@ func ropeBwd(g, cos, sin []float32) {
 	}
 }
 
-func siluGrad(x float32) float32 {
-	s := 1 / (1 + float32(math.Exp(float64(-x))))
-	return s * (1 + x*(1-s))
+// siluAndGrad returns silu(x), computed as silu does, and its derivative
+// σ(x)·(1 + x·(1-σ(x))), from one exponential.
+func siluAndGrad(x float32) (float32, float32) {
+	den := 1 + expf(-x)
+	s := 1 / den
+	return x / den, s * (1 + x*(1-s))
 }
 
 func geluTanhGrad(x float32) float32 {
@@ -510,26 +724,44 @@ func geluTanhGrad(x float32) float32 {
 // NewGrad returns a zero gradient shaped like a.
 func NewGrad(a *lora.Adapter) *lora.Adapter { return a.ZerosLike() }
 
+// bwdBufs are the per-layer gradient buffers of a backward pass, reused by
+// every layer in turn.
+type bwdBufs struct {
+	dh            [2][]float32 // the gradient at the residual stream, alternating between layers
+	ddn, do, dxn1 []float32    // [N, d]
+	dxn2          []float32    // [N, d]
+	da, dg, dup   []float32    // [N, I]
+	datt, dq      []float32    // [N, QDim]
+	dk, dv        []float32    // [N, KVDim]
+}
+
 // Backward accumulates into grad (shaped like the tape's adapter, see
 // NewGrad) the gradient of a loss whose gradient with respect to the
 // captured activations is dActs (one [len(seq), hidden] per sequence).
 func (tp *Tape) Backward(ctx context.Context, dActs []engine.Tensor2D, grad *lora.Adapter) error {
-	cfg := tp.e.cfg
+	cfg, ws := tp.e.cfg, tp.ws
 	if tp.a == nil {
 		return fmt.Errorf("cpu: backward: the tape has no adapter to differentiate")
 	}
 	if len(dActs) != len(tp.segs)-1 {
 		return fmt.Errorf("cpu: backward: %d gradients for %d sequences", len(dActs), len(tp.segs)-1)
 	}
-	N, d := tp.segs[len(tp.segs)-1], cfg.Hidden
-	dEntry := make([]float32, N*d)
+	N, d := tp.n, cfg.Hidden
 	for si, g := range dActs {
 		lo, hi := tp.segs[si], tp.segs[si+1]
 		if g.Rows != hi-lo || g.Cols != d || len(g.Data) != g.Rows*d {
 			return fmt.Errorf("cpu: backward: gradient %d is [%d,%d], want [%d,%d]", si, g.Rows, g.Cols, hi-lo, d)
 		}
-		copy(dEntry[lo*d:], g.Data)
 	}
+	dEntry := ws.take(N * d)
+	for si, g := range dActs {
+		copy(dEntry[tp.segs[si]*d:], g.Data)
+	}
+	I, qd, kvd := cfg.Intermediate, cfg.QDim(), cfg.KVDim()
+	b := &bwdBufs{dh: [2][]float32{ws.take(N * d), ws.take(N * d)},
+		ddn: ws.take(N * d), do: ws.take(N * d), dxn1: ws.take(N * d), dxn2: ws.take(N * d),
+		da: ws.take(N * I), dg: ws.take(N * I), dup: ws.take(N * I),
+		datt: ws.take(N * qd), dq: ws.take(N * qd), dk: ws.take(N * kvd), dv: ws.take(N * kvd)}
 	var dx []float32 // gradient w.r.t. the residual stream leaving the current layer
 	for l := tp.point.Layer; l >= 0; l-- {
 		if err := ctx.Err(); err != nil {
@@ -543,84 +775,79 @@ func (tp *Tape) Backward(ctx context.Context, dActs []engine.Tensor2D, grad *lor
 				dx, inject = dEntry, nil
 			}
 		}
-		dx = tp.layerBackward(l, dx, inject, site, grad)
+		dh := b.dh[l%2]
+		tp.layerBackward(l, dx, inject, site, grad, b, dh)
+		dx = dh
 	}
 	return nil
 }
 
 // layerBackward maps the gradient at the layer's output (dOut, nil for zero)
 // plus an optional injected gradient at attn_out or mlp_out to the gradient at
-// the layer's input, accumulating LoRA gradients.
-func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, grad *lora.Adapter) []float32 {
+// the layer's input, written to dh (which must not alias dOut), accumulating
+// LoRA gradients.
+func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, grad *lora.Adapter, b *bwdBufs, dh []float32) {
 	e, cfg := tp.e, tp.e.cfg
 	L := &e.m.Layers[l]
 	lt := &tp.layers[l]
-	N, d := tp.segs[len(tp.segs)-1], cfg.Hidden
-	dh := make([]float32, N*d)
+	if dOut != nil {
+		copy(dh, dOut)
+	} else {
+		clear(dh)
+	}
 	if lt.mlp && (dOut != nil || site == engine.MLPOut) {
-		ddn := make([]float32, N*d)
-		if dOut != nil {
-			copy(dh, dOut)
-			if L.MLPPostNorm != nil {
-				normBwd(ddn, dOut, lt.dn, L.MLPPostNorm, lt.rMP, N)
-			} else {
-				copy(ddn, dOut)
-			}
+		ddn := b.ddn
+		switch {
+		case dOut == nil:
+			clear(ddn)
+		case L.MLPPostNorm != nil:
+			tp.normBwd(ddn, dOut, lt.dn, L.MLPPostNorm, lt.rMP, false)
+		default:
+			copy(ddn, dOut)
 		}
 		if site == engine.MLPOut {
-			for i, v := range inject {
-				ddn[i] += v
+			e.addTo(ddn, inject)
+		}
+		tp.projBwd(l, model.Down, ddn, b.da, false, lt, grad)
+		gelu := cfg.Act == model.GELUTanh
+		da, dg, dup := b.da, b.dg, b.dup
+		e.forRange(len(da), elemGrain, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				var act, grad float32
+				if gelu {
+					act, grad = geluTanh(lt.g[i]), geluTanhGrad(lt.g[i])
+				} else {
+					act, grad = siluAndGrad(lt.g[i])
+				}
+				dg[i] = da[i] * lt.up[i] * grad
+				dup[i] = da[i] * act
 			}
-		}
-		I := cfg.Intermediate
-		da := make([]float32, N*I)
-		tp.projBwd(l, model.Down, ddn, da, lt, grad)
-		actGrad, act := siluGrad, silu
-		if cfg.Act == model.GELUTanh {
-			actGrad, act = geluTanhGrad, geluTanh
-		}
-		dg, dup := make([]float32, N*I), make([]float32, N*I)
-		for i, v := range da {
-			dg[i] = v * lt.up[i] * actGrad(lt.g[i])
-			dup[i] = v * act(lt.g[i])
-		}
-		dxn2 := make([]float32, N*d)
-		tp.projBwd(l, model.Gate, dg, dxn2, lt, grad)
-		tp.projBwd(l, model.Up, dup, dxn2, lt, grad)
-		normBwd(dh, dxn2, lt.h, L.MLPNorm, lt.r2, N)
-	} else if dOut != nil {
-		copy(dh, dOut)
+		})
+		tp.projBwd(l, model.Gate, dg, b.dxn2, false, lt, grad)
+		tp.projBwd(l, model.Up, dup, b.dxn2, true, lt, grad)
+		tp.normBwd(dh, b.dxn2, lt.h, L.MLPNorm, lt.r2, true)
 	}
-	do := make([]float32, N*d)
+	do := dh // read-only below, until normBwd updates dh after the last use
 	if L.AttnPostNorm != nil {
-		normBwd(do, dh, lt.o, L.AttnPostNorm, lt.rAP, N)
-	} else {
-		copy(do, dh)
+		do = b.do
+		tp.normBwd(do, dh, lt.o, L.AttnPostNorm, lt.rAP, false)
 	}
 	if site == engine.AttnOut {
-		for i, v := range inject {
-			do[i] += v
+		if L.AttnPostNorm == nil {
+			do = b.do
+			copy(do, dh)
 		}
+		e.addTo(do, inject)
 	}
-	datt := make([]float32, N*cfg.QDim())
-	tp.projBwd(l, model.O, do, datt, lt, grad)
-	dq, dk, dv := make([]float32, N*cfg.QDim()), make([]float32, N*cfg.KVDim()), make([]float32, N*cfg.KVDim())
-	tp.attnBwd(l, lt, datt, dq, dk, dv)
-	hd, half := cfg.HeadDim, cfg.HeadDim/2
-	for t := 0; t < N; t++ {
-		c, s := tp.cos[t*half:(t+1)*half], tp.sin[t*half:(t+1)*half]
-		for h := 0; h < cfg.Heads; h++ {
-			ropeBwd(dq[(t*cfg.Heads+h)*hd:(t*cfg.Heads+h+1)*hd], c, s)
-		}
-		for h := 0; h < cfg.KVHeads; h++ {
-			ropeBwd(dk[(t*cfg.KVHeads+h)*hd:(t*cfg.KVHeads+h+1)*hd], c, s)
-		}
-	}
-	dxn1 := make([]float32, N*d)
-	tp.projBwd(l, model.Q, dq, dxn1, lt, grad)
-	tp.projBwd(l, model.K, dk, dxn1, lt, grad)
-	tp.projBwd(l, model.V, dv, dxn1, lt, grad)
-	dx := dh // the residual path
-	normBwd(dx, dxn1, lt.x, L.AttnNorm, lt.r1, N)
-	return dx
+	tp.projBwd(l, model.O, do, b.datt, false, lt, grad)
+	dq, dk, dv := b.dq, b.dk, b.dv
+	clear(dq)
+	clear(dk)
+	clear(dv)
+	tp.attnBwd(l, lt, b.datt, dq, dk, dv)
+	tp.rope(dq, dk, true)
+	tp.projBwd(l, model.Q, dq, b.dxn1, false, lt, grad)
+	tp.projBwd(l, model.K, dk, b.dxn1, true, lt, grad)
+	tp.projBwd(l, model.V, dv, b.dxn1, true, lt, grad)
+	tp.normBwd(dh, b.dxn1, lt.x, L.AttnNorm, lt.r1, true)
 }
