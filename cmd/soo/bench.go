@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -59,6 +60,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	seed := fs.Uint64("seed", 1, "random seed of the synthetic weights")
 	asJSON := fs.Bool("json", false, "print one JSON line")
 	bwMB := fs.Int("bw-mb", 512, "size in MB of the buffer the bandwidth measurement reads")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the timed runs to this file (for go tool pprof)")
 	save := fs.String("save", "", "write the synthetic model (with the demo tokenizer) as a Hugging Face directory here and exit, e.g. for `serve --model DIR` and `soo load`")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: soo bench [flags]\n\nTimes 128-token prefill and decoding (tokens per second for --batch sequences\nstepping together), and this machine's memory read bandwidth, which bounds decode.\n\n")
@@ -124,6 +126,17 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	th := *threads
 	if th <= 0 {
 		th = runtime.GOMAXPROCS(0)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	r, err := bench(m, th, *batch, *tokens, int64(*bwMB)<<20)
 	if err != nil {

@@ -16,7 +16,8 @@ func benchMatmul(b *testing.B, dt model.DType, rows, cols, n int) {
 	w := randMatrix(rng, dt, rows, cols)
 	x := randVec(rng, n*cols)
 	out := make([]float32, n*rows)
-	e := &Executor{threads: runtime.GOMAXPROCS(0)}
+	e := &Executor{threads: runtime.GOMAXPROCS(0), pool: newWorkerPool(runtime.GOMAXPROCS(0))}
+	defer e.pool.stop()
 	b.SetBytes(w.Bytes())
 	b.ResetTimer()
 	for b.Loop() {

@@ -35,6 +35,7 @@ type Executor struct {
 	maxCtx  int
 	invFreq []float64
 	wT      *transposeCache // transposed weights for the training backward pass, built on first use
+	pool    *workerPool
 }
 
 // New returns an executor for m.
@@ -47,8 +48,10 @@ func New(m *model.Model, opts Options) *Executor {
 	if mc <= 0 || mc > m.Config.MaxPositions {
 		mc = m.Config.MaxPositions
 	}
-	return &Executor{m: m, cfg: m.Config, threads: t, maxCtx: mc, invFreq: m.Config.RopeInvFreq(),
-		wT: &transposeCache{m: make([][model.NumModules]*model.Matrix, m.Config.Layers)}}
+	e := &Executor{m: m, cfg: m.Config, threads: t, maxCtx: mc, invFreq: m.Config.RopeInvFreq(),
+		wT: &transposeCache{m: make([][model.NumModules]*model.Matrix, m.Config.Layers)}, pool: newWorkerPool(t)}
+	runtime.AddCleanup(e, (*workerPool).stop, e.pool)
+	return e
 }
 
 // Config returns the model's configuration.
@@ -263,9 +266,7 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	L := &e.m.Layers[l]
 	d, N := cfg.Hidden, st.n
 	st.norm(b.xn, x, L.AttnNorm)
-	st.proj(l, model.Q, b.xn, b.q)
-	st.proj(l, model.K, b.xn, b.k)
-	st.proj(l, model.V, b.xn, b.v)
+	st.projs(l, b.xn, projOut{model.Q, b.q}, projOut{model.K, b.k}, projOut{model.V, b.v})
 	st.applyRope(b.q, b.k)
 	kv := cfg.KVDim()
 	for i, r := range st.rows {
@@ -275,7 +276,7 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 		s.v[l] = append(s.v[l][:s.n*kv], b.v[lo:hi]...)
 	}
 	st.attention(l, b.q, b.att)
-	st.proj(l, model.O, b.att, b.o)
+	st.projs(l, b.att, projOut{model.O, b.o})
 	st.capture(l, engine.AttnOut, b.o)
 	if L.AttnPostNorm != nil {
 		st.norm(b.o, b.o, L.AttnPostNorm)
@@ -284,8 +285,7 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 		x[i] += b.o[i]
 	}
 	st.norm(b.xn, x, L.MLPNorm)
-	st.proj(l, model.Gate, b.xn, b.g)
-	st.proj(l, model.Up, b.xn, b.u)
+	st.projs(l, b.xn, projOut{model.Gate, b.g}, projOut{model.Up, b.u})
 	act := silu
 	if cfg.Act == model.GELUTanh {
 		act = geluTanh
@@ -293,7 +293,7 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	for i, g := range b.g {
 		b.g[i] = act(g) * b.u[i]
 	}
-	st.proj(l, model.Down, b.g, b.dn)
+	st.projs(l, b.g, projOut{model.Down, b.dn})
 	st.capture(l, engine.MLPOut, b.dn)
 	if L.MLPPostNorm != nil {
 		st.norm(b.dn, b.dn, L.MLPPostNorm)
@@ -312,18 +312,31 @@ func (st *step) norm(dst, x, w []float32) {
 	}
 }
 
-// proj computes out = x·Wᵀ + b for module mod of layer l over all tokens, then
-// adds each row's LoRA update.
-func (st *step) proj(l int, mod model.Module, x, out []float32) {
-	lin := &st.e.m.Layers[l].Proj[mod]
-	st.e.matmul(&lin.W, lin.Bias, x, st.n, out)
-	for i, r := range st.rows {
-		p := r.Adapter.Get(l, mod)
-		if p == nil {
-			continue
+// projOut names a module and the buffer its output goes to.
+type projOut struct {
+	mod model.Module
+	out []float32
+}
+
+// projs computes out = x·Wᵀ + b for the given modules of layer l over all
+// tokens (one parallel job), then adds each row's LoRA updates.
+func (st *step) projs(l int, x []float32, outs ...projOut) {
+	var buf [3]mmJob
+	jobs := buf[:0]
+	for _, po := range outs {
+		lin := &st.e.m.Layers[l].Proj[po.mod]
+		jobs = append(jobs, mmJob{w: &lin.W, bias: lin.Bias, out: po.out})
+	}
+	st.e.matmuls(x, st.n, jobs...)
+	for _, po := range outs {
+		for i, r := range st.rows {
+			p := r.Adapter.Get(l, po.mod)
+			if p == nil {
+				continue
+			}
+			t0, nt := st.off[i], len(r.Tokens)
+			applyLoRA(p, x[t0*p.In:(t0+nt)*p.In], nt, po.out[t0*p.Out:(t0+nt)*p.Out])
 		}
-		t0, nt := st.off[i], len(r.Tokens)
-		applyLoRA(p, x[t0*p.In:(t0+nt)*p.In], nt, out[t0*p.Out:(t0+nt)*p.Out])
 	}
 }
 
@@ -346,15 +359,61 @@ func applyLoRA(p *lora.Pair, x []float32, n int, out []float32) {
 // weight rows across the executor's threads in chunks of whole tiles. Every
 // output element is summed in the same order whatever n and the split.
 func (e *Executor) matmul(w *model.Matrix, bias, x []float32, n int, out []float32) {
-	rows, in := w.Rows, w.Cols
-	wv := matrixView(w)
-	tiles := (rows + tileR - 1) / tileR
-	// About 8 chunks per thread, each at least 64K multiply-adds.
+	e.matmuls(x, n, mmJob{w: w, bias: bias, out: out})
+}
+
+// mmJob is one product of matmuls: out[n, w.Rows] = x·wᵀ (+ bias).
+type mmJob struct {
+	w    *model.Matrix
+	bias []float32
+	out  []float32
+}
+
+// mmChunk is a range of one job's weight rows, the unit a thread claims.
+type mmChunk struct{ job, r0, r1 int }
+
+// matmuls runs several products over the same input x[n, in] (q/k/v, or
+// gate/up) as one parallel job, so the threads meet once per group instead of
+// once per matrix. A prefill splits the rows into about 8 chunks per thread of
+// at least 64K multiply-adds; a decode step (n ≤ 4) into about 3 per thread,
+// so each chunk reads its weights as long sequential streams (see gemm).
+func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
+	if n == 0 {
+		return
+	}
+	in := jobs[0].w.Cols
+	rows := 0
+	for _, j := range jobs {
+		if j.w.Cols != in {
+			panic(fmt.Sprintf("cpu: matmuls over inputs of %d and %d columns", in, j.w.Cols))
+		}
+		rows += j.w.Rows
+	}
+	perThread := 8
+	if n <= tileT {
+		perThread = 3
+	}
 	macs := rows * in * n
-	grain := max(1<<16, macs/(8*e.threads)) / (tileR * in * n)
-	parallelDynamic(e.threads, tiles, max(1, grain), func(t0, t1 int) {
-		r0, r1 := t0*tileR, min(t1*tileR, rows)
-		native.gemm(wv, bias, x, in, n, in, out[r0:], rows, r0, r1)
+	grain := max(1<<16, macs/(perThread*e.threads)) / (in * n) // rows per chunk
+	grain = max(tileR, grain/tileR*tileR)
+	var buf [32]mmChunk
+	chunks := buf[:0]
+	for ji, j := range jobs {
+		for r := 0; r < j.w.Rows; r += grain {
+			r1 := min(r+grain, j.w.Rows)
+			if j.w.Rows-r1 < grain/2 { // no runt chunk at the end
+				r1 = j.w.Rows
+			}
+			chunks = append(chunks, mmChunk{ji, r, r1})
+			r = r1 - grain
+		}
+	}
+	xp := native.pack(x, in, n, in, nil)
+	e.pool.run(len(chunks), 1, func(c0, c1 int) {
+		for _, c := range chunks[c0:c1] {
+			j := jobs[c.job]
+			native.gemm(matrixView(j.w), j.bias, x, in, n, in, j.out[c.r0:], j.w.Rows, c.r0, c.r1, xp)
+		}
 	})
 }
 
@@ -404,7 +463,7 @@ func (st *step) attention(l int, q, out []float32) {
 			h0 := tok*H + kh*group // first query head of the group
 			heads := wmat{dt: dtF32, f32: q[h0*hd : (h0+group)*hd], ld: hd}
 			// scores[j*group+g] = q[h0+g]·k[lo+j]
-			ks.gemm(heads, nil, s.k[l][lo*kvd+kh*hd:], kvd, nk, hd, scores, group, 0, group)
+			ks.gemm(heads, nil, s.k[l][lo*kvd+kh*hd:], kvd, nk, hd, scores, group, 0, group, nil)
 			vals := s.v[l][lo*kvd+kh*hd:]
 			for g := 0; g < group; g++ {
 				maxS := float32(math.Inf(-1))
@@ -432,7 +491,7 @@ func (st *step) attention(l int, q, out []float32) {
 		}
 	}
 	// Causal rows grow with position: small chunks keep both threads busy.
-	parallelDynamic(st.e.threads, st.n*KH, 4, run)
+	st.e.pool.run(st.n*KH, 4, run)
 }
 
 // rowOf returns the row index that flattened token tok belongs to.

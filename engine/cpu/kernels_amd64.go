@@ -17,9 +17,19 @@ func cpuid1ECX() uint32
 // computed once at init and never changes.
 var haveAsm = cpu.X86.HasAVX2 && cpu.X86.HasFMA && cpuid1ECX()&(1<<29) != 0
 
+// haveAVX512 reports whether this CPU (and OS) runs the AVX-512 pair kernels
+// (AVX-512 F and DQ). It is computed once at init and never changes.
+var haveAVX512 = haveAsm && cpu.X86.HasAVX512F && cpu.X86.HasAVX512DQ
+
+// tileZAsm runs nt tiles of the generated AVX-512 kernel for P token pairs
+// and R rows (see tileZTab).
+func tileZAsm(dt int, P, R int, w unsafe.Pointer, ldw int, xp *float32, ldp, k int, out *float32, ldo, nt, ldr int) {
+	tileZTab[dt][P-1][R-1](w, ldw, xp, ldp, k, out, ldo, nt, ldr)
+}
+
 // tileAsm runs nt tiles of the generated T×R kernel for dtype dt (see tileTab).
-func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, out *float32, ldo, nt int) {
-	tileTab[dt][T-1][R-1](w, ldw, x, ldx, k, out, ldo, nt)
+func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, out *float32, ldo, nt, ldr int) {
+	tileTab[dt][T-1][R-1](w, ldw, x, ldx, k, out, ldo, nt, ldr)
 }
 
 // sumLoad returns the sum of x (a load loop for bandwidth measurement).

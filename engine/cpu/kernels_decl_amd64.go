@@ -13,10 +13,10 @@ import "unsafe"
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T1R2 computes nt tiles of 1 tokens × 2 weight rows, with w pointing
 // at float32 elements: for t < 1*nt and r < 2,
@@ -25,10 +25,10 @@ func tileF32T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T1R3 computes nt tiles of 1 tokens × 3 weight rows, with w pointing
 // at float32 elements: for t < 1*nt and r < 3,
@@ -37,10 +37,10 @@ func tileF32T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T2R1 computes nt tiles of 2 tokens × 1 weight rows, with w pointing
 // at float32 elements: for t < 2*nt and r < 1,
@@ -49,10 +49,10 @@ func tileF32T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T2R2 computes nt tiles of 2 tokens × 2 weight rows, with w pointing
 // at float32 elements: for t < 2*nt and r < 2,
@@ -61,10 +61,10 @@ func tileF32T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T2R3 computes nt tiles of 2 tokens × 3 weight rows, with w pointing
 // at float32 elements: for t < 2*nt and r < 3,
@@ -73,10 +73,10 @@ func tileF32T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T3R1 computes nt tiles of 3 tokens × 1 weight rows, with w pointing
 // at float32 elements: for t < 3*nt and r < 1,
@@ -85,10 +85,10 @@ func tileF32T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T3R2 computes nt tiles of 3 tokens × 2 weight rows, with w pointing
 // at float32 elements: for t < 3*nt and r < 2,
@@ -97,10 +97,10 @@ func tileF32T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T3R3 computes nt tiles of 3 tokens × 3 weight rows, with w pointing
 // at float32 elements: for t < 3*nt and r < 3,
@@ -109,10 +109,10 @@ func tileF32T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T4R1 computes nt tiles of 4 tokens × 1 weight rows, with w pointing
 // at float32 elements: for t < 4*nt and r < 1,
@@ -121,10 +121,10 @@ func tileF32T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T4R2 computes nt tiles of 4 tokens × 2 weight rows, with w pointing
 // at float32 elements: for t < 4*nt and r < 2,
@@ -133,10 +133,10 @@ func tileF32T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF32T4R3 computes nt tiles of 4 tokens × 3 weight rows, with w pointing
 // at float32 elements: for t < 4*nt and r < 3,
@@ -145,10 +145,10 @@ func tileF32T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(w[r*ldw+i], x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF32T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF32T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T1R1 computes nt tiles of 1 tokens × 1 weight rows, with w pointing
 // at uint16 elements: for t < 1*nt and r < 1,
@@ -157,10 +157,10 @@ func tileF32T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T1R2 computes nt tiles of 1 tokens × 2 weight rows, with w pointing
 // at uint16 elements: for t < 1*nt and r < 2,
@@ -169,10 +169,10 @@ func tileBF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T1R3 computes nt tiles of 1 tokens × 3 weight rows, with w pointing
 // at uint16 elements: for t < 1*nt and r < 3,
@@ -181,10 +181,10 @@ func tileBF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T2R1 computes nt tiles of 2 tokens × 1 weight rows, with w pointing
 // at uint16 elements: for t < 2*nt and r < 1,
@@ -193,10 +193,10 @@ func tileBF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T2R2 computes nt tiles of 2 tokens × 2 weight rows, with w pointing
 // at uint16 elements: for t < 2*nt and r < 2,
@@ -205,10 +205,10 @@ func tileBF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T2R3 computes nt tiles of 2 tokens × 3 weight rows, with w pointing
 // at uint16 elements: for t < 2*nt and r < 3,
@@ -217,10 +217,10 @@ func tileBF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T3R1 computes nt tiles of 3 tokens × 1 weight rows, with w pointing
 // at uint16 elements: for t < 3*nt and r < 1,
@@ -229,10 +229,10 @@ func tileBF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T3R2 computes nt tiles of 3 tokens × 2 weight rows, with w pointing
 // at uint16 elements: for t < 3*nt and r < 2,
@@ -241,10 +241,10 @@ func tileBF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T3R3 computes nt tiles of 3 tokens × 3 weight rows, with w pointing
 // at uint16 elements: for t < 3*nt and r < 3,
@@ -253,10 +253,10 @@ func tileBF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T4R1 computes nt tiles of 4 tokens × 1 weight rows, with w pointing
 // at uint16 elements: for t < 4*nt and r < 1,
@@ -265,10 +265,10 @@ func tileBF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T4R2 computes nt tiles of 4 tokens × 2 weight rows, with w pointing
 // at uint16 elements: for t < 4*nt and r < 2,
@@ -277,10 +277,10 @@ func tileBF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileBF16T4R3 computes nt tiles of 4 tokens × 3 weight rows, with w pointing
 // at uint16 elements: for t < 4*nt and r < 3,
@@ -289,10 +289,10 @@ func tileBF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(math.Float32frombits(uint32(w[r*ldw+i]) << 16), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileBF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileBF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T1R1 computes nt tiles of 1 tokens × 1 weight rows, with w pointing
 // at uint16 elements: for t < 1*nt and r < 1,
@@ -301,10 +301,10 @@ func tileBF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *fl
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T1R2 computes nt tiles of 1 tokens × 2 weight rows, with w pointing
 // at uint16 elements: for t < 1*nt and r < 2,
@@ -313,10 +313,10 @@ func tileF16T1R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T1R3 computes nt tiles of 1 tokens × 3 weight rows, with w pointing
 // at uint16 elements: for t < 1*nt and r < 3,
@@ -325,10 +325,10 @@ func tileF16T1R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T2R1 computes nt tiles of 2 tokens × 1 weight rows, with w pointing
 // at uint16 elements: for t < 2*nt and r < 1,
@@ -337,10 +337,10 @@ func tileF16T1R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T2R2 computes nt tiles of 2 tokens × 2 weight rows, with w pointing
 // at uint16 elements: for t < 2*nt and r < 2,
@@ -349,10 +349,10 @@ func tileF16T2R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T2R3 computes nt tiles of 2 tokens × 3 weight rows, with w pointing
 // at uint16 elements: for t < 2*nt and r < 3,
@@ -361,10 +361,10 @@ func tileF16T2R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T3R1 computes nt tiles of 3 tokens × 1 weight rows, with w pointing
 // at uint16 elements: for t < 3*nt and r < 1,
@@ -373,10 +373,10 @@ func tileF16T2R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T3R2 computes nt tiles of 3 tokens × 2 weight rows, with w pointing
 // at uint16 elements: for t < 3*nt and r < 2,
@@ -385,10 +385,10 @@ func tileF16T3R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T3R3 computes nt tiles of 3 tokens × 3 weight rows, with w pointing
 // at uint16 elements: for t < 3*nt and r < 3,
@@ -397,10 +397,10 @@ func tileF16T3R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T4R1 computes nt tiles of 4 tokens × 1 weight rows, with w pointing
 // at uint16 elements: for t < 4*nt and r < 1,
@@ -409,10 +409,10 @@ func tileF16T3R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T4R2 computes nt tiles of 4 tokens × 2 weight rows, with w pointing
 // at uint16 elements: for t < 4*nt and r < 2,
@@ -421,10 +421,10 @@ func tileF16T4R1(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
 // tileF16T4R3 computes nt tiles of 4 tokens × 3 weight rows, with w pointing
 // at uint16 elements: for t < 4*nt and r < 3,
@@ -433,10 +433,658 @@ func tileF16T4R2(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *flo
 //	for i := 0; i < k&^7; i++ {
 //		acc[i%8] = fma(f16ToF32(w[r*ldw+i]), x[t*ldx+i], acc[i%8])
 //	}
-//	out[t*ldo+r] = reduce8(&acc)
+//	out[t*ldo+r*ldr] = reduce8(&acc)
 //
 //go:noescape
-func tileF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int)
+func tileF16T4R3(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T2R1 computes nt tiles of 2 tokens × 1 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T2R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T2R2 computes nt tiles of 2 tokens × 2 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T2R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T2R3 computes nt tiles of 2 tokens × 3 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T2R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T2R4 computes nt tiles of 2 tokens × 4 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T2R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T2R5 computes nt tiles of 2 tokens × 5 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T2R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T2R6 computes nt tiles of 2 tokens × 6 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T2R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T4R1 computes nt tiles of 4 tokens × 1 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T4R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T4R2 computes nt tiles of 4 tokens × 2 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T4R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T4R3 computes nt tiles of 4 tokens × 3 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T4R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T4R4 computes nt tiles of 4 tokens × 4 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T4R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T4R5 computes nt tiles of 4 tokens × 5 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T4R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T4R6 computes nt tiles of 4 tokens × 6 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T4R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T6R1 computes nt tiles of 6 tokens × 1 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T6R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T6R2 computes nt tiles of 6 tokens × 2 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T6R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T6R3 computes nt tiles of 6 tokens × 3 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T6R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T6R4 computes nt tiles of 6 tokens × 4 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T6R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T6R5 computes nt tiles of 6 tokens × 5 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T6R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T6R6 computes nt tiles of 6 tokens × 6 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T6R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T8R1 computes nt tiles of 8 tokens × 1 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T8R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T8R2 computes nt tiles of 8 tokens × 2 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T8R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T8R3 computes nt tiles of 8 tokens × 3 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T8R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T8R4 computes nt tiles of 8 tokens × 4 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T8R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T8R5 computes nt tiles of 8 tokens × 5 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T8R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF32T8R6 computes nt tiles of 8 tokens × 6 weight rows with AVX-512,
+// with w pointing at float32 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF32T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF32T8R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T2R1 computes nt tiles of 2 tokens × 1 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T2R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T2R2 computes nt tiles of 2 tokens × 2 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T2R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T2R3 computes nt tiles of 2 tokens × 3 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T2R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T2R4 computes nt tiles of 2 tokens × 4 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T2R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T2R5 computes nt tiles of 2 tokens × 5 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T2R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T2R6 computes nt tiles of 2 tokens × 6 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T2R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T4R1 computes nt tiles of 4 tokens × 1 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T4R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T4R2 computes nt tiles of 4 tokens × 2 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T4R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T4R3 computes nt tiles of 4 tokens × 3 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T4R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T4R4 computes nt tiles of 4 tokens × 4 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T4R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T4R5 computes nt tiles of 4 tokens × 5 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T4R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T4R6 computes nt tiles of 4 tokens × 6 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T4R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T6R1 computes nt tiles of 6 tokens × 1 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T6R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T6R2 computes nt tiles of 6 tokens × 2 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T6R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T6R3 computes nt tiles of 6 tokens × 3 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T6R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T6R4 computes nt tiles of 6 tokens × 4 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T6R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T6R5 computes nt tiles of 6 tokens × 5 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T6R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T6R6 computes nt tiles of 6 tokens × 6 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T6R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T8R1 computes nt tiles of 8 tokens × 1 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T8R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T8R2 computes nt tiles of 8 tokens × 2 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T8R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T8R3 computes nt tiles of 8 tokens × 3 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T8R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T8R4 computes nt tiles of 8 tokens × 4 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T8R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T8R5 computes nt tiles of 8 tokens × 5 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T8R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZBF16T8R6 computes nt tiles of 8 tokens × 6 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileBF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZBF16T8R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T2R1 computes nt tiles of 2 tokens × 1 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T2R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T2R2 computes nt tiles of 2 tokens × 2 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T2R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T2R3 computes nt tiles of 2 tokens × 3 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T2R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T2R4 computes nt tiles of 2 tokens × 4 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T2R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T2R5 computes nt tiles of 2 tokens × 5 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T2R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T2R6 computes nt tiles of 2 tokens × 6 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 2-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T2R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T4R1 computes nt tiles of 4 tokens × 1 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T4R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T4R2 computes nt tiles of 4 tokens × 2 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T4R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T4R3 computes nt tiles of 4 tokens × 3 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T4R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T4R4 computes nt tiles of 4 tokens × 4 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T4R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T4R5 computes nt tiles of 4 tokens × 5 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T4R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T4R6 computes nt tiles of 4 tokens × 6 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 4-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T4R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T6R1 computes nt tiles of 6 tokens × 1 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T6R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T6R2 computes nt tiles of 6 tokens × 2 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T6R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T6R3 computes nt tiles of 6 tokens × 3 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T6R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T6R4 computes nt tiles of 6 tokens × 4 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T6R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T6R5 computes nt tiles of 6 tokens × 5 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T6R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T6R6 computes nt tiles of 6 tokens × 6 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 6-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T6R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T8R1 computes nt tiles of 8 tokens × 1 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T8R1(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T8R2 computes nt tiles of 8 tokens × 2 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T8R2(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T8R3 computes nt tiles of 8 tokens × 3 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T8R3(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T8R4 computes nt tiles of 8 tokens × 4 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T8R4(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T8R5 computes nt tiles of 8 tokens × 5 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T8R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileZF16T8R6 computes nt tiles of 8 tokens × 6 weight rows with AVX-512,
+// with w pointing at uint16 elements and xp at 8-token groups of input packed
+// in pairs (pair q of a group at xp[q*ldp:], chunk c of it at xp[q*ldp+16c:],
+// lanes 0-7 the pair's first token, 8-15 its second): for each token the
+// sums of tileF16T1R1, bit for bit, written to out[t*ldo+r*ldr].
+//
+//go:noescape
+func tileZF16T8R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
 
 // sumAVX computes, with four 8-lane accumulators (a pure load loop, for
 // measuring memory bandwidth),
@@ -541,7 +1189,7 @@ func wsumAVX8(p, v *float32, ldv, n int, o *float32)
 var wsumTab = [8]func(p, v *float32, ldv, n int, o *float32){wsumAVX1, wsumAVX2, wsumAVX3, wsumAVX4, wsumAVX5, wsumAVX6, wsumAVX7, wsumAVX8}
 
 // tileTab holds the tile kernels, indexed [dtype][T-1][R-1].
-var tileTab = [3][4][3]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int){
+var tileTab = [3][4][3]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int){
 	{{tileF32T1R1, tileF32T1R2, tileF32T1R3},
 		{tileF32T2R1, tileF32T2R2, tileF32T2R3},
 		{tileF32T3R1, tileF32T3R2, tileF32T3R3},
@@ -556,5 +1204,24 @@ var tileTab = [3][4][3]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k in
 		{tileF16T2R1, tileF16T2R2, tileF16T2R3},
 		{tileF16T3R1, tileF16T3R2, tileF16T3R3},
 		{tileF16T4R1, tileF16T4R2, tileF16T4R3},
+	},
+}
+
+// tileZTab holds the AVX-512 pair kernels, indexed [dtype][P-1][R-1].
+var tileZTab = [3][4][6]func(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int){
+	{{tileZF32T2R1, tileZF32T2R2, tileZF32T2R3, tileZF32T2R4, tileZF32T2R5, tileZF32T2R6},
+		{tileZF32T4R1, tileZF32T4R2, tileZF32T4R3, tileZF32T4R4, tileZF32T4R5, tileZF32T4R6},
+		{tileZF32T6R1, tileZF32T6R2, tileZF32T6R3, tileZF32T6R4, tileZF32T6R5, tileZF32T6R6},
+		{tileZF32T8R1, tileZF32T8R2, tileZF32T8R3, tileZF32T8R4, tileZF32T8R5, tileZF32T8R6},
+	},
+	{{tileZBF16T2R1, tileZBF16T2R2, tileZBF16T2R3, tileZBF16T2R4, tileZBF16T2R5, tileZBF16T2R6},
+		{tileZBF16T4R1, tileZBF16T4R2, tileZBF16T4R3, tileZBF16T4R4, tileZBF16T4R5, tileZBF16T4R6},
+		{tileZBF16T6R1, tileZBF16T6R2, tileZBF16T6R3, tileZBF16T6R4, tileZBF16T6R5, tileZBF16T6R6},
+		{tileZBF16T8R1, tileZBF16T8R2, tileZBF16T8R3, tileZBF16T8R4, tileZBF16T8R5, tileZBF16T8R6},
+	},
+	{{tileZF16T2R1, tileZF16T2R2, tileZF16T2R3, tileZF16T2R4, tileZF16T2R5, tileZF16T2R6},
+		{tileZF16T4R1, tileZF16T4R2, tileZF16T4R3, tileZF16T4R4, tileZF16T4R5, tileZF16T4R6},
+		{tileZF16T6R1, tileZF16T6R2, tileZF16T6R3, tileZF16T6R4, tileZF16T6R5, tileZF16T6R6},
+		{tileZF16T8R1, tileZF16T8R2, tileZF16T8R3, tileZF16T8R4, tileZF16T8R5, tileZF16T8R6},
 	},
 }

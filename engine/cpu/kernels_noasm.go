@@ -7,8 +7,16 @@ import "unsafe"
 // haveAsm is false: this build has no assembly kernels.
 const haveAsm = false
 
+// haveAVX512 is false: this build has no assembly kernels.
+const haveAVX512 = false
+
+// tileZAsm is never called when haveAVX512 is false.
+func tileZAsm(dt int, P, R int, w unsafe.Pointer, ldw int, xp *float32, ldp, k int, out *float32, ldo, nt, ldr int) {
+	panic("cpu: no assembly kernels in this build")
+}
+
 // tileAsm is never called when haveAsm is false.
-func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, out *float32, ldo, nt int) {
+func tileAsm(dt int, T, R int, w unsafe.Pointer, ldw int, x *float32, ldx, k int, out *float32, ldo, nt, ldr int) {
 	panic("cpu: no assembly kernels in this build")
 }
 

@@ -17,6 +17,11 @@ func kernelSets(t testing.TB) map[string]kernelSet {
 	sets := map[string]kernelSet{"go": {asm: false}}
 	if haveAsm {
 		sets["asm"] = kernelSet{asm: true}
+		if haveAVX512 {
+			sets["avx512"] = kernelSet{asm: true, avx512: true}
+		} else {
+			t.Log("no AVX-512 on this machine: the pair kernels are not tested")
+		}
 	} else {
 		t.Log("no assembly kernels on this machine/build: testing pure Go only")
 	}
@@ -82,7 +87,7 @@ func TestGemmMatchesReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	sets := kernelSets(t)
 	for _, dt := range dtypes {
-		for _, shape := range [][3]int{{1, 8, 1}, {7, 13, 5}, {10, 64, 9}, {5, 3, 2}, {33, 100, 70}, {12, 576, 4}} {
+		for _, shape := range [][3]int{{1, 8, 1}, {7, 13, 5}, {10, 64, 9}, {5, 3, 2}, {33, 100, 70}, {12, 576, 4}, {9, 64, 19}, {40, 96, 130}} {
 			rows, in, n := shape[0], shape[1], shape[2]
 			w := randMatrix(rng, dt, rows, in)
 			x := randVec(rng, n*in)
@@ -91,13 +96,16 @@ func TestGemmMatchesReference(t *testing.T) {
 			got := map[string][]float32{}
 			for name, ks := range sets {
 				out := make([]float32, n*rows)
-				ks.gemm(matrixView(w), bias, x, in, n, in, out, rows, 0, rows)
+				ks.gemm(matrixView(w), bias, x, in, n, in, out, rows, 0, rows, ks.pack(x, in, n, in, nil))
 				got[name] = out
 				for i, v := range out {
 					if d := math.Abs(float64(v) - want[i]); d > 1e-5*math.Sqrt(float64(in))*4 {
 						t.Fatalf("%s %v %v: out[%d] = %g, want %g", name, dt, shape, i, v, want[i])
 					}
 				}
+			}
+			if z, ok := got["avx512"]; ok && !slices.Equal(z, got["asm"]) {
+				t.Fatalf("%v %v: the AVX-512 pair kernels differ from the AVX2 ones", dt, shape)
 			}
 			if a, ok := got["asm"]; ok {
 				for i := range a {
@@ -121,18 +129,18 @@ func TestGemmBatchInvariant(t *testing.T) {
 			w := randMatrix(rng, dt, rows, in)
 			x := randVec(rng, n*in)
 			full := make([]float32, n*rows)
-			ks.gemm(matrixView(w), nil, x, in, n, in, full, rows, 0, rows)
+			ks.gemm(matrixView(w), nil, x, in, n, in, full, rows, 0, rows, ks.pack(x, in, n, in, nil))
 			for tok := 0; tok < n; tok += 7 {
 				alone := make([]float32, rows)
-				ks.gemm(matrixView(w), nil, x[tok*in:], in, 1, in, alone, rows, 0, rows)
+				ks.gemm(matrixView(w), nil, x[tok*in:], in, 1, in, alone, rows, 0, rows, ks.pack(x[tok*in:], in, 1, in, nil))
 				if !slices.Equal(alone, full[tok*rows:(tok+1)*rows]) {
 					t.Fatalf("%s %v: token %d alone differs from batched", name, dt, tok)
 				}
 			}
 			// A different split of the rows (offset by one) gives the same bits.
 			part := make([]float32, n*rows)
-			ks.gemm(matrixView(w), nil, x, in, n, in, part, rows, 0, 1)
-			ks.gemm(matrixView(w), nil, x, in, n, in, part[1:], rows, 1, rows)
+			ks.gemm(matrixView(w), nil, x, in, n, in, part, rows, 0, 1, ks.pack(x, in, n, in, nil))
+			ks.gemm(matrixView(w), nil, x, in, n, in, part[1:], rows, 1, rows, ks.pack(x, in, n, in, nil))
 			if !slices.Equal(part, full) {
 				t.Fatalf("%s %v: row split changes results", name, dt)
 			}
@@ -147,13 +155,13 @@ func TestMatmulThreads(t *testing.T) {
 		w := randMatrix(rng, dt, 301, 96)
 		x := randVec(rng, 37*96)
 		a, b := make([]float32, 37*301), make([]float32, 37*301)
-		(&Executor{threads: 1}).matmul(w, nil, x, 37, a)
-		(&Executor{threads: 3}).matmul(w, nil, x, 37, b)
+		(&Executor{threads: 1, pool: newWorkerPool(1)}).matmul(w, nil, x, 37, a)
+		(&Executor{threads: 3, pool: newWorkerPool(3)}).matmul(w, nil, x, 37, b)
 		if !slices.Equal(a, b) {
 			t.Fatalf("%v: threads change results", dt)
 		}
 		one := make([]float32, 301)
-		(&Executor{threads: 2}).matmul(w, nil, x[36*96:], 1, one)
+		(&Executor{threads: 2, pool: newWorkerPool(2)}).matmul(w, nil, x[36*96:], 1, one)
 		if !slices.Equal(one, a[36*301:]) {
 			t.Fatalf("%v: decode row differs from prefill row", dt)
 		}
