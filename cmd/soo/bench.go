@@ -17,6 +17,7 @@ import (
 
 	"github.com/sooserve/sooserve/engine"
 	"github.com/sooserve/sooserve/engine/cpu"
+	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/internal/synth"
 )
@@ -26,25 +27,31 @@ const prefillTokens = 128
 
 // benchResult is the JSON line soo bench --json prints.
 type benchResult struct {
-	Model                  string  `json:"model"`
-	DType                  string  `json:"dtype"`
-	Batch                  int     `json:"batch"`
-	Vocab                  int     `json:"vocab"`
-	Params                 int64   `json:"params"`
-	Threads                int     `json:"threads"`
-	WeightBytes            int64   `json:"weight_bytes"`
-	DecodeTokensPerS       float64 `json:"decode_tokens_per_s"`
-	DecodeStepMS           float64 `json:"decode_step_ms"`
-	SingleDecodeTokensPerS float64 `json:"single_decode_tokens_per_s,omitempty"`
-	BatchSpeedup           float64 `json:"batch_speedup,omitempty"`
-	Prefill128S            float64 `json:"prefill_128_s"`
-	BandwidthGBs           float64 `json:"bandwidth_gb_s"`
-	BoundTokensPerS        float64 `json:"bandwidth_bound_tokens_per_s"`
-	BoundRatio             float64 `json:"bound_ratio"`
-	DecodeSteps            int     `json:"decode_steps"`
-	CPU                    string  `json:"cpu"`
-	GoVersion              string  `json:"go"`
-	Date                   string  `json:"date"`
+	Model                  string   `json:"model"`
+	DType                  string   `json:"dtype"`
+	Batch                  int      `json:"batch"`
+	Vocab                  int      `json:"vocab"`
+	Params                 int64    `json:"params"`
+	Threads                int      `json:"threads"`
+	WeightBytes            int64    `json:"weight_bytes"`
+	DecodeTokensPerS       float64  `json:"decode_tokens_per_s"`
+	DecodeStepMS           float64  `json:"decode_step_ms"`
+	SingleDecodeTokensPerS float64  `json:"single_decode_tokens_per_s,omitempty"`
+	BatchSpeedup           float64  `json:"batch_speedup,omitempty"`
+	Prefill128S            float64  `json:"prefill_128_s"`
+	BandwidthGBs           float64  `json:"bandwidth_gb_s"`
+	BoundTokensPerS        float64  `json:"bandwidth_bound_tokens_per_s"`
+	BoundRatio             float64  `json:"bound_ratio"`
+	DecodeSteps            int      `json:"decode_steps"`
+	Adapters               int      `json:"adapters,omitempty"`
+	LoRARank               int      `json:"lora_rank,omitempty"`
+	LoRAModules            []string `json:"lora_modules,omitempty"`
+	LoRABaseStepMS         float64  `json:"lora_base_step_ms,omitempty"`
+	LoRAStepMS             float64  `json:"lora_step_ms,omitempty"`
+	LoRAOverhead           float64  `json:"lora_overhead,omitempty"`
+	CPU                    string   `json:"cpu"`
+	GoVersion              string   `json:"go"`
+	Date                   string   `json:"date"`
 }
 
 func runBench(args []string, stdout, stderr io.Writer) error {
@@ -60,6 +67,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	seed := fs.Uint64("seed", 1, "random seed of the synthetic weights")
 	asJSON := fs.Bool("json", false, "print one JSON line")
 	bwMB := fs.Int("bw-mb", 512, "size in MB of the buffer the bandwidth measurement reads")
+	nAdapters := fs.Int("adapters", 0, "also time decode with the batch's rows spread over this many random LoRA adapters (row i uses adapter i mod N), against the base in the same run")
+	loraRank := fs.Int("lora-rank", 16, "rank of the --adapters adapters")
+	loraMods := fs.String("lora-modules", "q_proj,v_proj", "comma-separated modules of the --adapters adapters")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the timed runs to this file (for go tool pprof)")
 	save := fs.String("save", "", "write the synthetic model (with the demo tokenizer) as a Hugging Face directory here and exit, e.g. for `serve --model DIR` and `soo load`")
 	fs.Usage = func() {
@@ -77,6 +87,17 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	if *batch < 1 || *tokens < 1 {
 		return fmt.Errorf("--batch and --tokens must be positive")
+	}
+	if *nAdapters < 0 || *loraRank < 1 {
+		return fmt.Errorf("--adapters must be ≥ 0 and --lora-rank positive")
+	}
+	var mods []model.Module
+	for _, name := range strings.Split(*loraMods, ",") {
+		m, ok := model.ParseModule(strings.TrimSpace(name))
+		if !ok {
+			return fmt.Errorf("--lora-modules: unknown module %q", name)
+		}
+		mods = append(mods, m)
 	}
 	var dt *model.DType
 	if *dtypeS != "" {
@@ -138,7 +159,11 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	r, err := bench(m, th, *batch, *tokens, int64(*bwMB)<<20)
+	var ads []*lora.Adapter
+	for i := range *nAdapters {
+		ads = append(ads, synth.Adapter(m.Config, fmt.Sprintf("a%d", i), *loraRank, mods, uint64(i+1)))
+	}
+	r, err := bench(m, th, *batch, *tokens, int64(*bwMB)<<20, ads)
 	if err != nil {
 		return err
 	}
@@ -155,12 +180,17 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if r.Batch > 1 {
 		fmt.Fprintf(stdout, "           single sequence %.1f tokens/s: batch speedup %.2fx\n", r.SingleDecodeTokensPerS, r.BatchSpeedup)
 	}
+	if r.Adapters > 0 {
+		fmt.Fprintf(stdout, "lora       %d adapters (rank %d on %s) across the batch: %.2f ms per step vs %.2f on the base: %+.1f%%\n",
+			r.Adapters, r.LoRARank, strings.Join(r.LoRAModules, ","), r.LoRAStepMS, r.LoRABaseStepMS, 100*r.LoRAOverhead)
+	}
 	fmt.Fprintf(stdout, "bound      %.1f tokens/s if every step only streamed the weights at the measured bandwidth: %.2f of bound\n", r.BoundTokensPerS, r.BoundRatio)
 	return nil
 }
 
-// bench measures m on this machine.
-func bench(m *model.Model, threads, batch, steps int, bwBytes int64) (*benchResult, error) {
+// bench measures m on this machine; with adapters, also decode with row i
+// of the batch on adapters[i%len(adapters)].
+func bench(m *model.Model, threads, batch, steps int, bwBytes int64, adapters []*lora.Adapter) (*benchResult, error) {
 	cfg := m.Config
 	r := &benchResult{
 		DType: m.Layers[0].Proj[model.Q].W.DType.String(), Batch: batch, Vocab: cfg.VocabSize, Threads: threads,
@@ -205,12 +235,15 @@ func bench(m *model.Model, threads, batch, steps int, bwBytes int64) (*benchResu
 	}
 	r.Prefill128S = median(pre)
 
-	decode := func(batch int) (float64, error) {
+	decode := func(batch int, ads []*lora.Adapter) (float64, error) {
 		seqs := make([]engine.Sequence, batch)
 		rows := make([]engine.Row, batch)
 		for i := range seqs {
 			seqs[i] = ex.NewSequence()
 			rows[i] = engine.Row{Seq: seqs[i], Tokens: prompt(8)}
+			if len(ads) > 0 {
+				rows[i].Adapter = ads[i%len(ads)]
+			}
 		}
 		defer func() {
 			for _, s := range seqs {
@@ -236,14 +269,36 @@ func bench(m *model.Model, threads, batch, steps int, bwBytes int64) (*benchResu
 		}
 		return median(times), nil
 	}
-	st, err := decode(batch)
+	st, err := decode(batch, nil)
 	if err != nil {
 		return nil, err
+	}
+	if len(adapters) > 0 {
+		// Base and adapters alternate, three runs each, so both see the same
+		// machine; the medians are compared.
+		var base, with []float64
+		for range 3 {
+			b, err := decode(batch, nil)
+			if err != nil {
+				return nil, err
+			}
+			w, err := decode(batch, adapters)
+			if err != nil {
+				return nil, err
+			}
+			base, with = append(base, b), append(with, w)
+		}
+		r.Adapters, r.LoRARank = len(adapters), adapters[0].Rank
+		for _, m := range adapters[0].Modules {
+			r.LoRAModules = append(r.LoRAModules, m.String())
+		}
+		r.LoRABaseStepMS, r.LoRAStepMS = median(base)*1e3, median(with)*1e3
+		r.LoRAOverhead = r.LoRAStepMS/r.LoRABaseStepMS - 1
 	}
 	r.DecodeStepMS = st * 1e3
 	r.DecodeTokensPerS = float64(batch) / st
 	if batch > 1 {
-		s1, err := decode(1)
+		s1, err := decode(1, nil)
 		if err != nil {
 			return nil, err
 		}

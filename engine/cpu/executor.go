@@ -328,30 +328,38 @@ func (st *step) projs(l int, x []float32, outs ...projOut) {
 		jobs = append(jobs, mmJob{w: &lin.W, bias: lin.Bias, out: po.out})
 	}
 	st.e.matmuls(x, st.n, jobs...)
+	// Each row's LoRA updates, one task per (row, module), across the threads.
+	type task struct {
+		p   *lora.Pair
+		x   []float32
+		n   int
+		out []float32
+	}
+	var tasks []task
 	for _, po := range outs {
 		for i, r := range st.rows {
-			p := r.Adapter.Get(l, po.mod)
-			if p == nil {
-				continue
+			if p := r.Adapter.Get(l, po.mod); p != nil {
+				t0, nt := st.off[i], len(r.Tokens)
+				tasks = append(tasks, task{p, x[t0*p.In : (t0+nt)*p.In], nt, po.out[t0*p.Out : (t0+nt)*p.Out]})
 			}
-			t0, nt := st.off[i], len(r.Tokens)
-			applyLoRA(p, x[t0*p.In:(t0+nt)*p.In], nt, po.out[t0*p.Out:(t0+nt)*p.Out])
 		}
 	}
+	st.e.pool.run(len(tasks), 1, func(lo, hi int) {
+		for _, t := range tasks[lo:hi] {
+			applyLoRA(t.p, t.x, t.n, t.out)
+		}
+	})
 }
 
-// applyLoRA adds Scale·B(A x) to out for n input rows.
+// applyLoRA adds Scale·B(A x) to out for n input rows, as two products on
+// the tile kernels: u = x·Aᵀ, then out += Scale·(u·Bᵀ).
 func applyLoRA(p *lora.Pair, x []float32, n int, out []float32) {
-	tmp := make([]float32, p.R)
-	for t := 0; t < n; t++ {
-		xt := x[t*p.In : (t+1)*p.In]
-		for j := 0; j < p.R; j++ {
-			tmp[j] = dot(p.A[j*p.In:(j+1)*p.In], xt) * p.Scale
-		}
-		ot := out[t*p.Out : (t+1)*p.Out]
-		for o := range ot {
-			ot[o] += dot(p.B[o*p.R:(o+1)*p.R], tmp)
-		}
+	u := make([]float32, n*p.R)
+	native.gemm(wmat{dt: dtF32, f32: p.A, ld: p.In}, nil, x, p.In, n, p.In, u, p.R, 0, p.R, nil)
+	tmp := make([]float32, n*p.Out)
+	native.gemm(wmat{dt: dtF32, f32: p.B, ld: p.R}, nil, u, p.R, n, p.R, tmp, p.Out, 0, p.Out, nil)
+	for i, v := range tmp {
+		out[i] += p.Scale * v
 	}
 }
 

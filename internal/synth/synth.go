@@ -11,6 +11,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/safetensors"
 )
@@ -155,4 +156,27 @@ func randomMatrix(rows, cols int, dtype model.DType, seed, id uint64) model.Matr
 		}
 	}
 	return m
+}
+
+// Adapter returns a LoRA adapter of rank r on the given modules of every
+// layer of cfg, with A and B drawn from N(0, 0.02²) (both non-zero, so every
+// product does real work) and scale 2 (alpha = 2r).
+func Adapter(cfg *model.Config, name string, r int, modules []model.Module, seed uint64) *lora.Adapter {
+	rng := rand.New(rand.NewPCG(seed, 0x10a))
+	a := &lora.Adapter{Name: name, Rank: r, Alpha: float64(2 * r), Modules: modules,
+		Layers: make([][model.NumModules]*lora.Pair, cfg.Layers)}
+	fill := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() * 0.02)
+		}
+		return v
+	}
+	for l := range a.Layers {
+		for _, m := range modules {
+			out, in := cfg.Shape(m)
+			a.Layers[l][m] = &lora.Pair{R: r, In: in, Out: out, A: fill(r * in), B: fill(out * r), Scale: lora.Scale(a.Alpha, r, false)}
+		}
+	}
+	return a
 }
