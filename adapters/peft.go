@@ -8,13 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/engine/model"
@@ -102,17 +102,50 @@ var keyRE = regexp.MustCompile(`^base_model\.model\.model\.layers\.(\d+)\.(self_
 // Bind checks adapter tensors against the base model and builds the engine's
 // in-memory adapter. Every tensor must be a LoRA A/B of a target module of a
 // layer the model has, with the right shape; anything else is an error that
-// names it.
+// names it. The adapter's weights are copies: src may be closed afterwards.
 func Bind(name string, cfg *Config, src model.TensorSource, names []string, base *model.Config) (*lora.Adapter, error) {
+	p, err := checkTensors(name, cfg, src, names, base)
+	if err != nil {
+		return nil, err
+	}
+	return p.bind(false)
+}
+
+// matrix is one LoRA matrix of an adapter whose name, dtype and shape have
+// been checked, its values not yet read.
+type matrix struct {
+	key   string
+	layer int
+	mod   model.Module
+	isB   bool // lora_B; lora_A otherwise
+	t     safetensors.Tensor
+}
+
+// plan is an adapter whose configuration and tensor names, dtypes and
+// shapes have been checked against the base model: what is left is to read
+// its values (bind). The record of the adapter is known at this point.
+type plan struct {
+	name     string
+	cfg      *Config
+	base     *model.Config
+	matrices []matrix
+	modules  []model.Module // the modules that carry weights, in module order
+}
+
+// checkTensors checks everything about an adapter's tensors but their
+// values: every tensor is a LoRA A/B of a target module of a layer the model
+// has, with a supported dtype and the right shape, and every module has both
+// matrices.
+func checkTensors(name string, cfg *Config, src model.TensorSource, names []string, base *model.Config) (*plan, error) {
 	targets, err := cfg.Targets()
 	if err != nil {
 		return nil, err
 	}
-	a := &lora.Adapter{Name: name, Rank: cfg.R, Alpha: cfg.LoRAAlpha, RSLoRA: cfg.UseRSLoRA,
-		Layers: make([][model.NumModules]*lora.Pair, base.Layers)}
-	scale := lora.Scale(cfg.LoRAAlpha, cfg.R, cfg.UseRSLoRA)
+	p := &plan{name: name, cfg: cfg, base: base, matrices: make([]matrix, 0, len(names))}
 	var bad, embedding []string
-	seen := map[model.Module]bool{}
+	var seen [model.NumModules]bool
+	// has[layer][module] is bit 1 for lora_A, bit 2 for lora_B.
+	has := make([][model.NumModules]uint8, base.Layers)
 	for _, key := range names {
 		m := keyRE.FindStringSubmatch(key)
 		if m == nil {
@@ -132,33 +165,19 @@ func Bind(name string, cfg *Config, src model.TensorSource, names []string, base
 		if t.DType != safetensors.F32 && t.DType != safetensors.F16 && t.DType != safetensors.BF16 {
 			return nil, invalid("adapters: %s has dtype %s (supported: F32, F16, BF16)", key, t.DType)
 		}
-		vals, err := t.Float32()
-		if err != nil {
-			return nil, typed(ErrInvalid, err, "adapters: %s", key)
-		}
-		for _, v := range vals {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, invalid("adapters: %s has a non-finite value (%v)", key, v)
-			}
-		}
 		out, in := base.Shape(mod)
-		p := a.Layers[layer][mod]
-		if p == nil {
-			p = &lora.Pair{R: cfg.R, In: in, Out: out, Scale: scale}
-			a.Layers[layer][mod] = p
-		}
-		want := []int{cfg.R, in}
+		want, bit := []int{cfg.R, in}, uint8(1)
 		if m[4] == "B" {
-			want = []int{out, cfg.R}
+			want, bit = []int{out, cfg.R}, 2
 		}
 		if !slices.Equal(t.Shape, want) {
 			return nil, invalid("adapters: %s has shape %v, want %v for the base model", key, t.Shape, want)
 		}
-		if m[4] == "A" {
-			p.A = vals
-		} else {
-			p.B = vals
+		if len(t.Data) != t.NumElements()*t.DType.Size() {
+			return nil, invalid("adapters: %s has %d bytes of data, want %d", key, len(t.Data), t.NumElements()*t.DType.Size())
 		}
+		p.matrices = append(p.matrices, matrix{key: key, layer: layer, mod: mod, isB: bit == 2, t: t})
+		has[layer][mod] |= bit
 		seen[mod] = true
 	}
 	if len(embedding) > 0 {
@@ -167,25 +186,66 @@ func Bind(name string, cfg *Config, src model.TensorSource, names []string, base
 	if len(bad) > 0 {
 		return nil, invalid("adapters: tensors that are not LoRA A/B weights of a target module of the base model: %s", strings.Join(firstFew(bad), ", "))
 	}
-	for l, mods := range a.Layers {
-		for mod, p := range mods {
-			if p != nil && (p.A == nil || p.B == nil) {
+	for l, mods := range has {
+		for mod, bits := range mods {
+			if bits != 0 && bits != 3 {
 				return nil, invalid("adapters: layer %d %s has only one of lora_A/lora_B", l, model.Module(mod))
 			}
 		}
 	}
 	for mod := model.Module(0); mod < model.NumModules; mod++ {
 		if seen[mod] {
-			a.Modules = append(a.Modules, mod)
+			p.modules = append(p.modules, mod)
 		}
 	}
-	if len(a.Modules) == 0 {
+	if len(p.modules) == 0 {
 		return nil, invalid("adapters: adapter has no LoRA weights")
 	}
+	return p, nil
+}
+
+// bind reads the values of p's matrices (all of them finite) into the
+// engine's adapter. With alias set, F32 matrices are not copied where the
+// machine allows it: the adapter then shares the memory of the tensors'
+// data, which must not change afterwards.
+func (p *plan) bind(alias bool) (*lora.Adapter, error) {
+	cfg, base := p.cfg, p.base
+	a := &lora.Adapter{Name: p.name, Rank: cfg.R, Alpha: cfg.LoRAAlpha, RSLoRA: cfg.UseRSLoRA,
+		Modules: slices.Clone(p.modules), Layers: make([][model.NumModules]*lora.Pair, base.Layers)}
+	scale := lora.Scale(cfg.LoRAAlpha, cfg.R, cfg.UseRSLoRA)
+	for _, m := range p.matrices {
+		vals, err := decodeFinite(m.key, m.t, alias)
+		if err != nil {
+			return nil, err
+		}
+		pair := a.Layers[m.layer][m.mod]
+		if pair == nil {
+			out, in := base.Shape(m.mod)
+			pair = &lora.Pair{R: cfg.R, In: in, Out: out, Scale: scale}
+			a.Layers[m.layer][m.mod] = pair
+		}
+		if m.isB {
+			pair.B = vals
+		} else {
+			pair.A = vals
+		}
+	}
 	if err := a.Validate(base); err != nil {
-		return nil, typed(ErrInvalid, err, "adapters: adapter %q does not fit the base model", name)
+		return nil, typed(ErrInvalid, err, "adapters: adapter %q does not fit the base model", p.name)
 	}
 	return a, nil
+}
+
+// record describes the adapter p binds to (the store fills in the sums and
+// the version).
+func (p *plan) record(baseID string, f Files) Record {
+	targets, _ := p.cfg.Targets()
+	applied := make([]string, 0, len(p.modules))
+	for _, m := range p.modules {
+		applied = append(applied, m.String())
+	}
+	return Record{Name: p.name, Base: baseID, Rank: p.cfg.R, Alpha: p.cfg.LoRAAlpha, RSLoRA: p.cfg.UseRSLoRA,
+		TargetModules: targets, Modules: applied, Size: f.Size(), Created: time.Now().UTC()}
 }
 
 // LoadDir reads a PEFT adapter directory and binds it to the base model.

@@ -39,10 +39,11 @@ type Options struct {
 // and loaded on demand.
 //
 // Versions: Acquire returns the *lora.Adapter of the current version.
-// Replacing an adapter binds the new version before the store is written and
-// swaps the pointer the next Acquire returns; requests that already hold the
-// old pointer finish on it, so no request ever mixes two versions. Deleting
-// drops every reference the registry holds.
+// Replacing an adapter binds the new version (on a DiskStore while the
+// store is written) and, once the store holds it durably, swaps the pointer
+// the next Acquire returns; requests that already hold the old pointer
+// finish on it, so no request ever mixes two versions. Deleting drops every
+// reference the registry holds.
 type Registry struct {
 	opts Options
 	log  *slog.Logger
@@ -145,11 +146,19 @@ func (r *Registry) BaseID() string { return r.opts.BaseID }
 // resident. With replace false an existing name fails with ErrExists; with
 // replace true the new version serves every request that starts after Put
 // returns. A failed Put changes nothing.
+//
+// Put keeps f: the resident adapter may share f.Weights' memory (F32
+// weights are not copied), so the caller must not modify f afterwards.
+//
+// On a store that allows it (DiskStore) the files are written and synced
+// while the adapter is checked (after the checks of its name, sizes and
+// configuration, which cost nothing): the new version becomes visible, in
+// the store and here, only once it is both durable and valid.
 func (r *Registry) Put(ctx context.Context, name string, f Files, replace bool) (Record, error) {
 	if name == r.opts.BaseID {
 		return Record{}, invalid("adapters: %q is the base model's id; choose another adapter name", name)
 	}
-	a, cfg, err := Validate(name, f, r.opts.Base, r.opts.Limits)
+	cfg, err := precheck(name, f, r.opts.Limits)
 	if err != nil {
 		return Record{}, err
 	}
@@ -161,9 +170,36 @@ func (r *Registry) Put(ctx context.Context, name string, f Files, replace bool) 
 			return Record{}, exists(name)
 		}
 	}
-	rec, err := r.opts.Store.Put(ctx, NewRecord(name, r.opts.BaseID, a, cfg, f), f, replace)
-	if err != nil {
-		return Record{}, err
+	var rec Record
+	var a *lora.Adapter
+	if st, ok := r.opts.Store.(putStager); ok {
+		pending, err := st.beginPut(ctx, name, f, replace)
+		if err != nil {
+			return Record{}, err
+		}
+		defer pending.abort() // does nothing after commit
+		p, err := planTensors(name, cfg, f, r.opts.Base)
+		if err != nil {
+			return Record{}, err
+		}
+		pending.describe(p.record(r.opts.BaseID, f))
+		if a, err = p.bind(true); err != nil {
+			return Record{}, err
+		}
+		if rec, err = pending.commit(); err != nil {
+			return Record{}, err
+		}
+	} else {
+		p, err := planTensors(name, cfg, f, r.opts.Base)
+		if err != nil {
+			return Record{}, err
+		}
+		if a, err = p.bind(true); err != nil {
+			return Record{}, err
+		}
+		if rec, err = r.opts.Store.Put(ctx, p.record(r.opts.BaseID, f), f, replace); err != nil {
+			return Record{}, err
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -340,7 +376,12 @@ func (r *Registry) runLoad(name string, call *loadCall) {
 		call.err = err
 		return
 	}
-	a, _, err := Validate(name, f, r.opts.Base, r.opts.Limits)
+	// The store's files are this load's own: the adapter may share them.
+	p, err := prepare(name, f, r.opts.Base, r.opts.Limits)
+	var a *lora.Adapter
+	if err == nil {
+		a, err = p.bind(true)
+	}
 	if err != nil {
 		r.failures.Inc()
 		call.err = fmt.Errorf("adapters: stored adapter %q (version %d) does not load on this base model: %w", name, rec.Version, err)

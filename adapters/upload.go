@@ -11,6 +11,7 @@ import (
 	"mime/multipart"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/sooserve/sooserve/engine/lora"
@@ -56,34 +57,61 @@ func (l Limits) withDefaults() Limits {
 // modules_to_save, embedding LoRA, bias and unknown target modules are
 // rejected by name), the rank limit, the safetensors container, every
 // tensor's dtype (F32, F16, BF16), name and shape ([r, in] for lora_A,
-// [out, r] for lora_B). Every error wraps ErrInvalid or ErrTooLarge.
+// [out, r] for lora_B) and that every value is finite. Every error wraps
+// ErrInvalid or ErrTooLarge. The adapter's weights are copies of f's.
 func Validate(name string, f Files, base *model.Config, lim Limits) (*lora.Adapter, *Config, error) {
-	lim = lim.withDefaults()
-	if err := ValidateName(name); err != nil {
+	p, err := prepare(name, f, base, lim)
+	if err != nil {
 		return nil, nil, err
 	}
+	a, err := p.bind(false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, p.cfg, nil
+}
+
+// prepare runs every check of Validate but the tensors' values (see
+// plan.bind): the cheap part, after which the adapter's record is known.
+func prepare(name string, f Files, base *model.Config, lim Limits) (*plan, error) {
+	cfg, err := precheck(name, f, lim)
+	if err != nil {
+		return nil, err
+	}
+	return planTensors(name, cfg, f, base)
+}
+
+// precheck checks what costs next to nothing: the name, the sizes and
+// adapter_config.json (with the rank limit).
+func precheck(name string, f Files, lim Limits) (*Config, error) {
+	lim = lim.withDefaults()
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
 	if f.Size() > lim.MaxBytes {
-		return nil, nil, typed(ErrTooLarge, nil, "adapters: %q is %d bytes, more than the limit of %d", name, f.Size(), lim.MaxBytes)
+		return nil, typed(ErrTooLarge, nil, "adapters: %q is %d bytes, more than the limit of %d", name, f.Size(), lim.MaxBytes)
 	}
 	if len(f.Config) > MaxConfigBytes {
-		return nil, nil, typed(ErrTooLarge, nil, "adapters: %s is %d bytes, more than the limit of %d", ConfigFile, len(f.Config), MaxConfigBytes)
+		return nil, typed(ErrTooLarge, nil, "adapters: %s is %d bytes, more than the limit of %d", ConfigFile, len(f.Config), MaxConfigBytes)
 	}
 	cfg, err := ParseConfig(f.Config)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if cfg.R > lim.MaxRank {
-		return nil, nil, invalid("adapters: %s: rank r=%d exceeds this server's limit of %d", ConfigFile, cfg.R, lim.MaxRank)
+		return nil, invalid("adapters: %s: rank r=%d exceeds this server's limit of %d", ConfigFile, cfg.R, lim.MaxRank)
 	}
+	return cfg, nil
+}
+
+// planTensors parses the safetensors container and checks its tensors'
+// names, dtypes and shapes (see checkTensors).
+func planTensors(name string, cfg *Config, f Files, base *model.Config) (*plan, error) {
 	st, err := safetensors.Parse(f.Weights)
 	if err != nil {
-		return nil, nil, typed(ErrInvalid, err, "adapters: %s is not a valid safetensors file", WeightsFile)
+		return nil, typed(ErrInvalid, err, "adapters: %s is not a valid safetensors file", WeightsFile)
 	}
-	a, err := Bind(name, cfg, st, st.Names(), base)
-	if err != nil {
-		return nil, nil, err
-	}
-	return a, cfg, nil
+	return checkTensors(name, cfg, st, st.Names(), base)
 }
 
 // Sum returns the hex sha256 of b.
@@ -151,6 +179,14 @@ func ReadUpload(body io.Reader, boundary string, lim Limits) (Upload, error) {
 	if boundary == "" {
 		return Upload{}, invalid("adapters: the upload must be multipart/form-data with a boundary")
 	}
+	// An in-memory body (the server's) tells its length: the weights part,
+	// the only large one, is then read into one buffer of about its size
+	// instead of one grown by doubling (each growth a fresh allocation and
+	// copy, which on a loaded machine costs milliseconds per megabyte).
+	hint := 0
+	if l, ok := body.(interface{ Len() int }); ok {
+		hint = l.Len()
+	}
 	mr := multipart.NewReader(body, boundary)
 	var u Upload
 	var haveName, haveCfg, haveW bool
@@ -188,19 +224,22 @@ func ReadUpload(body io.Reader, boundary string, lim Limits) (Upload, error) {
 			return Upload{}, invalid("adapters: part %q appears twice", field)
 		}
 		*seen = true
-		var buf bytes.Buffer
-		n, err := io.Copy(&buf, io.LimitReader(p, limit+1))
+		size := 0
+		if field == WeightsFile {
+			size = hint
+		}
+		data, err := readPart(p, limit, size)
 		p.Close()
 		if err != nil {
 			return Upload{}, typed(ErrInvalid, err, "adapters: reading part %q", field)
 		}
-		if n > limit {
+		if int64(len(data)) > limit {
 			if field == FieldName {
 				return Upload{}, invalid("adapters: the name is longer than 64 characters")
 			}
 			return Upload{}, typed(ErrTooLarge, nil, "adapters: part %q is larger than the limit of %d bytes", field, limit)
 		}
-		*dst = buf.Bytes()
+		*dst = data
 		if field == FieldName {
 			u.Name = string(name)
 		}
@@ -222,6 +261,38 @@ func ReadUpload(body io.Reader, boundary string, lim Limits) (Upload, error) {
 		return Upload{}, typed(ErrTooLarge, nil, "adapters: the upload is %d bytes, more than the limit of %d", u.Files.Size(), lim.MaxBytes)
 	}
 	return u, nil
+}
+
+// readPart reads r to its end or to limit+1 bytes (more than limit means
+// too large). size is an upper bound of the part's length when known (0
+// otherwise): the buffer is then allocated once. The result's capacity is
+// its length, so appending to it never writes into shared memory, and when
+// size overestimated much it is trimmed, not to hold spare memory for as
+// long as the adapter lives.
+func readPart(r io.Reader, limit int64, size int) ([]byte, error) {
+	c := int64(512)
+	if size > 0 {
+		c = min(int64(size)+1, limit+1)
+	}
+	buf := make([]byte, 0, c)
+	r = io.LimitReader(r, limit+1)
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, len(buf)) // doubles
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if spare := cap(buf) - len(buf); spare > 64<<10 && spare > len(buf)/16 {
+		return bytes.Clone(buf), nil
+	}
+	return buf[:len(buf):len(buf)], nil
 }
 
 // clip shortens a client-supplied string for an error message.
