@@ -26,6 +26,32 @@ func TestBenchTinyJSON(t *testing.T) {
 	}
 }
 
+func TestBenchAdapters(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"bench", "--shape", "tiny", "--batch", "4", "--adapters", "2", "--lora-rank", "4",
+		"--lora-modules", "q_proj,down_proj", "--tokens", "2", "--json", "--bw-mb", "4"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var r struct {
+		Adapters int      `json:"adapters"`
+		Rank     int      `json:"lora_rank"`
+		Modules  []string `json:"lora_modules"`
+		Base     float64  `json:"lora_base_step_ms"`
+		LoRAStep float64  `json:"lora_step_ms"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %q", err, out.String())
+	}
+	if r.Adapters != 2 || r.Rank != 4 || strings.Join(r.Modules, ",") != "q_proj,down_proj" || r.Base <= 0 || r.LoRAStep <= 0 {
+		t.Errorf("lora fields: %+v in %s", r, out.String())
+	}
+	for _, args := range [][]string{{"bench", "--adapters", "1", "--lora-modules", "x_proj"}, {"bench", "--lora-rank", "0"}} {
+		if code := run(args, &out, &errb); code == 0 {
+			t.Errorf("%v: exit 0", args)
+		}
+	}
+}
+
 func TestBenchHumanAndErrors(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run([]string{"bench", "--shape", "tiny", "--vocab", "100", "--tokens", "2", "--bw-mb", "4"}, &out, &errb); code != 0 {
