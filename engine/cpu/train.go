@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 
 	"github.com/sooserve/sooserve/engine"
@@ -64,13 +65,6 @@ func (w *Workspace) take(n int) []float32 {
 	return b[:n]
 }
 
-// zeros is take with the buffer cleared.
-func (w *Workspace) zeros(n int) []float32 {
-	b := w.take(n)
-	clear(b)
-	return b
-}
-
 // fit returns *buf resized to n, first replacing it with a buffer from the
 // workspace when its capacity is short: scratch that one pass uses over and
 // over.
@@ -94,8 +88,8 @@ type layerTape struct {
 	xn1      []float32
 	r1       []float32 // 1/rms per token for the attention norm
 	q, k, v  []float32 // q, k after RoPE
-	probs    []float32 // per (segment, head) probability matrices, concatenated
-	capped   []float32 // soft-capped scores (only with soft-capping)
+	probs    []float32 // per (segment, KV head) blocks of probabilities (see attnScratch), concatenated
+	capped   []float32 // soft-capped scores, laid out as probs (only with soft-capping)
 	att      []float32
 	o        []float32 // attn_out
 	rAP      []float32 // 1/rms of the attention post-norm (gemma2)
@@ -111,15 +105,15 @@ type layerTape struct {
 
 // scratch is a pass's temporary storage, reused by every projection in turn.
 type scratch struct {
-	acc      []float32 // a product's result before it is added to its destination
-	xT, dyT  []float32 // transposed projection input and output gradient
-	xTof     *float32  // first element of the input xT holds, nil when none
-	xTlen    int       // and its length
-	u, du    []float32 // [N, R]
-	duT      []float32 // [R, N]
-	bT, aT   []float32 // Bᵀ [R, Out] and Aᵀ [In, R]
-	dBT, dA  []float32 // [R, Out] and [R, In]
-	attnRows []float32 // per-task rows of attention backward
+	acc     []float32   // a product's result before it is added to its destination
+	xT, dyT []float32   // transposed projection input and output gradient
+	xTof    *float32    // first element of the input xT holds, nil when none
+	xTlen   int         // and its length
+	u, du   []float32   // [N, R]
+	duT     []float32   // [R, N]
+	bT, aT  []float32   // Bᵀ [R, Out] and Aᵀ [In, R]
+	dBT, dA []float32   // [R, Out] and [R, In]
+	attn    attnScratch // attention blocks' operands
 }
 
 // Tape is a recorded training forward pass over one or more sequences, each
@@ -136,7 +130,7 @@ type Tape struct {
 	cos     []float32
 	sin     []float32
 	dropout float64
-	probOff [][]int // [segment][head] offset into layer probs
+	probOff [][]int // [segment][KV head] offset into layer probs
 }
 
 // f32Matrix is a [rows, cols] F32 matrix header over data, without a copy,
@@ -145,10 +139,12 @@ func f32Matrix(rows, cols int, data []float32) *model.Matrix {
 	return &model.Matrix{Rows: rows, Cols: cols, DType: model.F32, F32: data[:rows*cols]}
 }
 
-// Grains of the parallel loops: enough work per chunk to outweigh claiming it.
+// Grains of the parallel loops: enough work per chunk (tens of
+// microseconds) to outweigh handing it to another thread.
 const (
-	tokGrain  = 8       // tokens
-	elemGrain = 1 << 14 // elements
+	tokGrain   = 32      // tokens of a per-token loop over hidden-sized rows
+	cheapGrain = 1 << 17 // elements of a loop of a few operations each
+	expGrain   = 1 << 13 // elements of a loop that takes an exponential each
 )
 
 // forRange runs fn over [0, n) in chunks of grain on the executor's threads.
@@ -159,7 +155,7 @@ func (e *Executor) forRange(n, grain int, fn func(lo, hi int)) {
 // addTo computes dst += src.
 func (e *Executor) addTo(dst, src []float32) {
 	dst = dst[:len(src)]
-	e.forRange(len(src), elemGrain, func(lo, hi int) {
+	e.forRange(len(src), cheapGrain, func(lo, hi int) {
 		d, s := dst[lo:hi], src[lo:hi]
 		for i, v := range s {
 			d[i] += v
@@ -170,7 +166,7 @@ func (e *Executor) addTo(dst, src []float32) {
 // sum writes dst = a + b.
 func (e *Executor) sum(dst, a, b []float32) {
 	dst, b = dst[:len(a)], b[:len(a)]
-	e.forRange(len(a), elemGrain, func(lo, hi int) {
+	e.forRange(len(a), cheapGrain, func(lo, hi int) {
 		d, x, y := dst[lo:hi], a[lo:hi], b[lo:hi]
 		for i := range d {
 			d[i] = x[i] + y[i]
@@ -179,29 +175,41 @@ func (e *Executor) sum(dst, a, b []float32) {
 }
 
 // transpose writes dst[c*rows+r] = src[r*cols+c] for a [rows, cols] src,
-// in cache-sized blocks, split over the executor's threads by column blocks.
+// split over the executor's threads by blocks of rows.
 func (e *Executor) transpose(dst, src []float32, rows, cols int) {
-	const b = 16
 	if rows*cols == 0 {
 		return
 	}
 	_, _ = dst[rows*cols-1], src[rows*cols-1]
-	blocks := (cols + b - 1) / b
-	grain := max(1, elemGrain/(b*rows))
+	blocks := (rows + 7) / 8
+	grain := max(1, cheapGrain/(8*cols))
 	e.forRange(blocks, grain, func(lo, hi int) {
-		for c0 := lo * b; c0 < min(hi*b, cols); c0 += b {
-			c1 := min(c0+b, cols)
-			for r0 := 0; r0 < rows; r0 += b {
-				r1 := min(r0+b, rows)
-				for r := r0; r < r1; r++ {
-					row := src[r*cols+c0 : r*cols+c1]
-					for c, v := range row {
-						dst[(c0+c)*rows+r] = v
-					}
-				}
-			}
-		}
+		transposeRows(dst, src, rows, cols, lo*8, min(hi*8, rows))
 	})
+}
+
+// transposeRows is transpose for src rows [r0, r1): eight rows at a time, so
+// that each store is a run of eight floats.
+func transposeRows(dst, src []float32, rows, cols, r0, r1 int) {
+	for ; r0+8 <= r1; r0 += 8 {
+		s0 := src[r0*cols : (r0+1)*cols]
+		s1 := src[(r0+1)*cols : (r0+2)*cols][:len(s0)]
+		s2 := src[(r0+2)*cols : (r0+3)*cols][:len(s0)]
+		s3 := src[(r0+3)*cols : (r0+4)*cols][:len(s0)]
+		s4 := src[(r0+4)*cols : (r0+5)*cols][:len(s0)]
+		s5 := src[(r0+5)*cols : (r0+6)*cols][:len(s0)]
+		s6 := src[(r0+6)*cols : (r0+7)*cols][:len(s0)]
+		s7 := src[(r0+7)*cols : (r0+8)*cols][:len(s0)]
+		for c := range s0 {
+			d := dst[c*rows+r0 : c*rows+r0+8 : c*rows+r0+8]
+			d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7] = s0[c], s1[c], s2[c], s3[c], s4[c], s5[c], s6[c], s7[c]
+		}
+	}
+	for ; r0 < r1; r0++ {
+		for c, v := range src[r0*cols : (r0+1)*cols] {
+			dst[c*rows+r0] = v
+		}
+	}
 }
 
 // ForwardTrain runs seqs through layers 0..point.Layer with adapter a and
@@ -258,10 +266,10 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 	off := 0
 	for si := range seqs {
 		n := tp.segs[si+1] - tp.segs[si]
-		tp.probOff[si] = make([]int, cfg.Heads)
-		for h := range cfg.Heads {
-			tp.probOff[si][h] = off
-			off += n * n
+		tp.probOff[si] = make([]int, cfg.KVHeads)
+		for kh := range cfg.KVHeads {
+			tp.probOff[si][kh] = off
+			off += n * n * (cfg.Heads / cfg.KVHeads)
 		}
 	}
 	x := ws.take(N * d)
@@ -379,7 +387,7 @@ func (tp *Tape) projFwd(l int, mod model.Module, x []float32, out []float32, lt 
 	tmp := tp.ws.fit(&sc.acc, N*p.Out)
 	e.matmul(f32Matrix(p.Out, p.R, p.B), nil, u, N, tmp) // tmp[t*Out+o] = B[o]·u[t]
 	s := p.Scale
-	e.forRange(len(tmp), elemGrain, func(lo, hi int) {
+	e.forRange(len(tmp), cheapGrain, func(lo, hi int) {
 		o, t := out[lo:hi], tmp[lo:hi]
 		for i, v := range t {
 			o[i] += s * v
@@ -389,8 +397,8 @@ func (tp *Tape) projFwd(l int, mod model.Module, x []float32, out []float32, lt 
 }
 
 // projBwd maps dy to the gradient at the projection's input, adding it to
-// dx when acc is set and writing it there otherwise, and accumulates the
-// LoRA gradients. With u = A·x' (x' = dropout(x)) and du = s·dy·B:
+// dx when acc is set and writing it there otherwise (nothing when dx is
+// nil), and accumulates the LoRA gradients. With u = A·x' (x' = dropout(x)) and du = s·dy·B:
 //
 //	dB += s·dyᵀ·u,  dA += duᵀ·x',  dx += dy·W + du·A (through the mask).
 //
@@ -398,7 +406,9 @@ func (tp *Tape) projFwd(l int, mod model.Module, x []float32, out []float32, lt 
 // activations where the sum runs over tokens.
 func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, acc bool, lt *layerTape, grad *lora.Adapter) {
 	e, N, ws, sc := tp.e, tp.n, tp.ws, &tp.s
-	tp.matmulBwd(l, mod, dy, dx, acc)
+	if dx != nil {
+		tp.matmulBwd(l, mod, dy, dx, acc)
+	}
 	p := tp.a.Get(l, mod)
 	if p == nil {
 		return
@@ -435,6 +445,9 @@ func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, acc bool, lt 
 	for i, v := range dA {
 		g.A[i] += v
 	}
+	if dx == nil {
+		return
+	}
 	// dx' = du·A, then through dropout: d dropout(x)/dx is the kept mask
 	// scaled by 1/(1-p).
 	du := ws.fit(&sc.du, N*R)
@@ -448,7 +461,7 @@ func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, acc bool, lt 
 		return
 	}
 	keep := float32(1 / (1 - tp.dropout))
-	e.forRange(N*In, elemGrain, func(lo, hi int) {
+	e.forRange(N*In, cheapGrain, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			if xin[i] != 0 || rec.in[i] == 0 {
 				dx[i] += dxl[i] * keep
@@ -560,7 +573,7 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 	if cfg.AttnSoftcap > 0 {
 		lt.capped = ws.take(probLen)
 	}
-	lt.att = ws.zeros(N * cfg.QDim())
+	lt.att = ws.take(N * cfg.QDim())
 	tp.attnFwd(l, lt)
 	lt.o = ws.take(N * d)
 	tp.projFwd(l, model.O, lt.att, lt.o, lt, rng)
@@ -585,7 +598,7 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 	if cfg.Act == model.GELUTanh {
 		act = geluTanh
 	}
-	e.forRange(N*I, elemGrain, func(lo, hi int) {
+	e.forRange(N*I, expGrain, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			lt.a[i] = act(lt.g[i]) * lt.up[i]
 		}
@@ -602,96 +615,157 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 	return out
 }
 
+// attnScratch holds one (segment, KV head) block's attention operands, packed
+// contiguous for the tile kernels; the query heads of the group are rows
+// r = i·G + g (token i, head g of the group) of G·n-row matrices.
+type attnScratch struct {
+	q, k, v, o      []float32 // [G·n, hd], [n, hd], [n, hd], [G·n, hd]
+	kT, vT, qT, doT []float32 // transposes of k, v, q, do
+	dp, ds, pT, dsT []float32 // [G·n, n] and transposes
+	dkv             []float32 // dk or dv of the block, [n, hd]
+}
+
+// gatherCols copies columns [c0, c0+w) of rows s0..s0+n-1 of x (rows of ld
+// floats) into dst [n, w].
+func gatherCols(dst, x []float32, ld, s0, n, c0, w int) {
+	for i := range n {
+		copy(dst[i*w:(i+1)*w], x[(s0+i)*ld+c0:(s0+i)*ld+c0+w])
+	}
+}
+
+// scatterCols is gatherCols' inverse: it writes src [n, w] into those columns of x.
+func scatterCols(x, src []float32, ld, s0, n, c0, w int) {
+	for i := range n {
+		copy(x[(s0+i)*ld+c0:(s0+i)*ld+c0+w], src[i*w:(i+1)*w])
+	}
+}
+
+// attnBlocks calls fn for every (segment, KV head) block of attention: the
+// segment's first token and length, the KV head, and the block's offset into
+// a layer's probabilities.
+func (tp *Tape) attnBlocks(fn func(s0, n, kh, off int)) {
+	for si := 0; si+1 < len(tp.segs); si++ {
+		for kh := range tp.e.cfg.KVHeads {
+			fn(tp.segs[si], tp.segs[si+1]-tp.segs[si], kh, tp.probOff[si][kh])
+		}
+	}
+}
+
+// attnSpan returns the keys token i attends to: [lo, i].
+func attnSpan(i, window int) int {
+	if window > 0 {
+		return max(0, i-window+1)
+	}
+	return 0
+}
+
 // attnFwd computes causal (optionally windowed, soft-capped) attention per
-// segment and head, recording the probabilities.
+// segment and KV head, recording the probabilities. Scores and the weighted
+// sums of values are products on the tile kernels over the whole n×n block;
+// the probabilities outside the causal window are zero.
 func (tp *Tape) attnFwd(l int, lt *layerTape) {
-	cfg := tp.e.cfg
-	H, hd, kvd := cfg.Heads, cfg.HeadDim, cfg.KVDim()
-	group := H / cfg.KVHeads
+	e, cfg, ws, as := tp.e, tp.e.cfg, tp.ws, &tp.s.attn
+	G, hd, qd, kvd := cfg.Heads/cfg.KVHeads, cfg.HeadDim, cfg.QDim(), cfg.KVDim()
 	window := cfg.Window(l)
-	nseg := len(tp.segs) - 1
-	parallel(tp.e.threads, nseg*H, 1, func(lo, hi int) {
-		for task := lo; task < hi; task++ {
-			si, h := task/H, task%H
-			s0, n := tp.segs[si], tp.segs[si+1]-tp.segs[si]
-			kh := h / group
-			P := lt.probs[tp.probOff[si][h] : tp.probOff[si][h]+n*n]
-			for i := 0; i < n; i++ {
-				qi := lt.q[((s0+i)*H+h)*hd : ((s0+i)*H+h+1)*hd]
-				jlo := 0
-				if window > 0 {
-					jlo = max(0, i-window+1)
-				}
-				row := P[i*n : (i+1)*n]
+	tp.attnBlocks(func(s0, n, kh, off int) {
+		P := lt.probs[off : off+G*n*n]
+		q, k := ws.fit(&as.q, G*n*hd), ws.fit(&as.k, n*hd)
+		gatherCols(q, lt.q, qd, s0, n, kh*G*hd, G*hd)
+		gatherCols(k, lt.k, kvd, s0, n, kh*hd, hd)
+		e.matmul(f32Matrix(n, hd, k), nil, q, G*n, P) // P[r*n+j] = q[r]·k[j]
+		e.forRange(G*n, max(1, expGrain/n), func(lo, hi int) {
+			for r := lo; r < hi; r++ {
+				i := r / G
+				jlo := attnSpan(i, window)
+				row := P[r*n : (r+1)*n]
 				maxS := float32(math.Inf(-1))
 				for j := jlo; j <= i; j++ {
-					sc := dot(qi, lt.k[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd]) * cfg.AttnScale
+					sc := row[j] * cfg.AttnScale
 					if cfg.AttnSoftcap > 0 {
 						sc = softcap(sc, cfg.AttnSoftcap)
-						lt.capped[tp.probOff[si][h]+i*n+j] = sc
+						lt.capped[off+r*n+j] = sc
 					}
 					row[j] = sc
 					maxS = max(maxS, sc)
 				}
 				var sum float32
 				for j := jlo; j <= i; j++ {
-					row[j] = float32(math.Exp(float64(row[j] - maxS)))
+					row[j] = expf(row[j] - maxS)
 					sum += row[j]
 				}
-				o := lt.att[((s0+i)*H+h)*hd : ((s0+i)*H+h+1)*hd]
 				for j := jlo; j <= i; j++ {
 					row[j] /= sum
-					axpy(row[j], lt.v[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd], o)
 				}
+				clear(row[:jlo])
+				clear(row[i+1:])
 			}
-		}
+		})
+		v, vT := ws.fit(&as.v, n*hd), ws.fit(&as.vT, hd*n)
+		gatherCols(v, lt.v, kvd, s0, n, kh*hd, hd)
+		e.transpose(vT, v, n, hd)
+		o := ws.fit(&as.o, G*n*hd)
+		e.matmul(f32Matrix(hd, n, vT), nil, P, G*n, o) // o[r*hd+c] = Σ_j P[r, j]·v[j, c]
+		scatterCols(lt.att, o, qd, s0, n, kh*G*hd, G*hd)
 	})
 }
 
-// attnBwd turns d att into dq, dk, dv (dk/dv accumulate over the GQA group).
+// attnBwd turns d att into dq, dk, dv (each written whole). Per block, with
+// dS = P ⊙ (dP - rowsum(P ⊙ dP)) (times the soft-cap's derivative and the
+// score scale) and dP = dO·Vᵀ: dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q.
 func (tp *Tape) attnBwd(l int, lt *layerTape, datt, dq, dk, dv []float32) {
-	cfg := tp.e.cfg
-	H, hd, kvd := cfg.Heads, cfg.HeadDim, cfg.KVDim()
-	group := H / cfg.KVHeads
+	e, cfg, ws, as := tp.e, tp.e.cfg, tp.ws, &tp.s.attn
+	G, hd, qd, kvd := cfg.Heads/cfg.KVHeads, cfg.HeadDim, cfg.QDim(), cfg.KVDim()
 	window := cfg.Window(l)
-	nseg := len(tp.segs) - 1
-	// Tasks are (segment, kv head) so that dk/dv writes never race.
-	parallel(tp.e.threads, nseg*cfg.KVHeads, 1, func(lo, hi int) {
-		for task := lo; task < hi; task++ {
-			si, kh := task/cfg.KVHeads, task%cfg.KVHeads
-			s0, n := tp.segs[si], tp.segs[si+1]-tp.segs[si]
-			dP := make([]float32, n)
-			for h := kh * group; h < (kh+1)*group; h++ {
-				P := lt.probs[tp.probOff[si][h] : tp.probOff[si][h]+n*n]
-				for i := 0; i < n; i++ {
-					jlo := 0
-					if window > 0 {
-						jlo = max(0, i-window+1)
-					}
-					doi := datt[((s0+i)*H+h)*hd : ((s0+i)*H+h+1)*hd]
-					var sum float32
-					for j := jlo; j <= i; j++ {
-						vj := lt.v[(s0+j)*kvd+kh*hd : (s0+j)*kvd+(kh+1)*hd]
-						dP[j] = dot(doi, vj)
-						sum += P[i*n+j] * dP[j]
-						axpy(P[i*n+j], doi, dv[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd])
-					}
-					qi := lt.q[((s0+i)*H+h)*hd : ((s0+i)*H+h+1)*hd]
-					dqi := dq[((s0+i)*H+h)*hd : ((s0+i)*H+h+1)*hd]
-					for j := jlo; j <= i; j++ {
-						ds := P[i*n+j] * (dP[j] - sum)
-						if cfg.AttnSoftcap > 0 {
-							th := lt.capped[tp.probOff[si][h]+i*n+j] / cfg.AttnSoftcap
-							ds *= 1 - th*th
-						}
-						ds *= cfg.AttnScale
-						kj := lt.k[(s0+j)*kvd+kh*hd : (s0+j)*kvd+(kh+1)*hd]
-						axpy(ds, kj, dqi)
-						axpy(ds, qi, dk[(s0+j)*kvd+kh*hd:(s0+j)*kvd+(kh+1)*hd])
-					}
+	tp.attnBlocks(func(s0, n, kh, off int) {
+		P := lt.probs[off : off+G*n*n]
+		do, v := ws.fit(&as.o, G*n*hd), ws.fit(&as.v, n*hd)
+		gatherCols(do, datt, qd, s0, n, kh*G*hd, G*hd)
+		gatherCols(v, lt.v, kvd, s0, n, kh*hd, hd)
+		dP, dS := ws.fit(&as.dp, G*n*n), ws.fit(&as.ds, G*n*n)
+		e.matmul(f32Matrix(n, hd, v), nil, do, G*n, dP) // dP[r*n+j] = do[r]·v[j]
+		e.forRange(G*n, max(1, expGrain/n), func(lo, hi int) {
+			for r := lo; r < hi; r++ {
+				i := r / G
+				jlo := attnSpan(i, window)
+				p, dp, ds := P[r*n:(r+1)*n], dP[r*n:(r+1)*n], dS[r*n:(r+1)*n]
+				var sum float32
+				for j := jlo; j <= i; j++ {
+					sum += p[j] * dp[j]
 				}
+				for j := jlo; j <= i; j++ {
+					g := p[j] * (dp[j] - sum)
+					if cfg.AttnSoftcap > 0 {
+						th := lt.capped[off+r*n+j] / cfg.AttnSoftcap
+						g *= 1 - th*th
+					}
+					ds[j] = g * cfg.AttnScale
+				}
+				clear(ds[:jlo])
+				clear(ds[i+1:])
 			}
-		}
+		})
+		// dV[j, c] = Σ_r P[r, j]·do[r, c]
+		doT, pT := ws.fit(&as.doT, hd*G*n), ws.fit(&as.pT, n*G*n)
+		e.transpose(doT, do, G*n, hd)
+		e.transpose(pT, P, G*n, n)
+		dkv := ws.fit(&as.dkv, n*hd)
+		e.matmul(f32Matrix(hd, G*n, doT), nil, pT, n, dkv)
+		scatterCols(dv, dkv, kvd, s0, n, kh*hd, hd)
+		// dQ[r, c] = Σ_j dS[r, j]·k[j, c]
+		k, kT := ws.fit(&as.k, n*hd), ws.fit(&as.kT, hd*n)
+		gatherCols(k, lt.k, kvd, s0, n, kh*hd, hd)
+		e.transpose(kT, k, n, hd)
+		dqg := ws.fit(&as.q, G*n*hd)
+		e.matmul(f32Matrix(hd, n, kT), nil, dS, G*n, dqg)
+		scatterCols(dq, dqg, qd, s0, n, kh*G*hd, G*hd)
+		// dK[j, c] = Σ_r dS[r, j]·q[r, c]
+		q, qT := ws.fit(&as.q, G*n*hd), ws.fit(&as.qT, hd*G*n)
+		gatherCols(q, lt.q, qd, s0, n, kh*G*hd, G*hd)
+		e.transpose(qT, q, G*n, hd)
+		dsT := ws.fit(&as.dsT, n*G*n)
+		e.transpose(dsT, dS, G*n, n)
+		e.matmul(f32Matrix(hd, G*n, qT), nil, dsT, n, dkv)
+		scatterCols(dk, dkv, kvd, s0, n, kh*hd, hd)
 	})
 }
 
@@ -762,8 +836,14 @@ func (tp *Tape) Backward(ctx context.Context, dActs []engine.Tensor2D, grad *lor
 		ddn: ws.take(N * d), do: ws.take(N * d), dxn1: ws.take(N * d), dxn2: ws.take(N * d),
 		da: ws.take(N * I), dg: ws.take(N * I), dup: ws.take(N * I),
 		datt: ws.take(N * qd), dq: ws.take(N * qd), dk: ws.take(N * kvd), dv: ws.take(N * kvd)}
+	// Below the lowest adapted layer nothing needs a gradient, and that
+	// layer needs none at its input.
+	low := 0
+	for low < tp.point.Layer && !slices.ContainsFunc(tp.a.Layers[low][:], func(p *lora.Pair) bool { return p != nil }) {
+		low++
+	}
 	var dx []float32 // gradient w.r.t. the residual stream leaving the current layer
-	for l := tp.point.Layer; l >= 0; l-- {
+	for l := tp.point.Layer; l >= low; l-- {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("cpu: backward: %w", err)
 		}
@@ -776,7 +856,7 @@ func (tp *Tape) Backward(ctx context.Context, dActs []engine.Tensor2D, grad *lor
 			}
 		}
 		dh := b.dh[l%2]
-		tp.layerBackward(l, dx, inject, site, grad, b, dh)
+		tp.layerBackward(l, dx, inject, site, grad, b, dh, l > low)
 		dx = dh
 	}
 	return nil
@@ -784,9 +864,9 @@ func (tp *Tape) Backward(ctx context.Context, dActs []engine.Tensor2D, grad *lor
 
 // layerBackward maps the gradient at the layer's output (dOut, nil for zero)
 // plus an optional injected gradient at attn_out or mlp_out to the gradient at
-// the layer's input, written to dh (which must not alias dOut), accumulating
-// LoRA gradients.
-func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, grad *lora.Adapter, b *bwdBufs, dh []float32) {
+// the layer's input, written to dh (which must not alias dOut) when needIn is
+// set, accumulating LoRA gradients.
+func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, grad *lora.Adapter, b *bwdBufs, dh []float32, needIn bool) {
 	e, cfg := tp.e, tp.e.cfg
 	L := &e.m.Layers[l]
 	lt := &tp.layers[l]
@@ -811,7 +891,7 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 		tp.projBwd(l, model.Down, ddn, b.da, false, lt, grad)
 		gelu := cfg.Act == model.GELUTanh
 		da, dg, dup := b.da, b.dg, b.dup
-		e.forRange(len(da), elemGrain, func(lo, hi int) {
+		e.forRange(len(da), expGrain, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				var act, grad float32
 				if gelu {
@@ -839,15 +919,21 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 		}
 		e.addTo(do, inject)
 	}
+	var dxn1 []float32
+	if needIn {
+		dxn1 = b.dxn1
+	} else if tp.a.Get(l, model.Q) == nil && tp.a.Get(l, model.K) == nil && tp.a.Get(l, model.V) == nil {
+		tp.projBwd(l, model.O, do, nil, false, lt, grad)
+		return
+	}
 	tp.projBwd(l, model.O, do, b.datt, false, lt, grad)
 	dq, dk, dv := b.dq, b.dk, b.dv
-	clear(dq)
-	clear(dk)
-	clear(dv)
 	tp.attnBwd(l, lt, b.datt, dq, dk, dv)
 	tp.rope(dq, dk, true)
-	tp.projBwd(l, model.Q, dq, b.dxn1, false, lt, grad)
-	tp.projBwd(l, model.K, dk, b.dxn1, true, lt, grad)
-	tp.projBwd(l, model.V, dv, b.dxn1, true, lt, grad)
-	tp.normBwd(dh, b.dxn1, lt.x, L.AttnNorm, lt.r1, true)
+	tp.projBwd(l, model.Q, dq, dxn1, false, lt, grad)
+	tp.projBwd(l, model.K, dk, dxn1, true, lt, grad)
+	tp.projBwd(l, model.V, dv, dxn1, true, lt, grad)
+	if needIn {
+		tp.normBwd(dh, dxn1, lt.x, L.AttnNorm, lt.r1, true)
+	}
 }
