@@ -103,17 +103,12 @@ type layerTape struct {
 	mlp      bool // whether the MLP half ran
 }
 
-// scratch is a pass's temporary storage, reused by every projection in turn.
+// scratch is a pass's temporary storage.
 type scratch struct {
-	acc     []float32   // a product's result before it is added to its destination
-	xT, dyT []float32   // transposed projection input and output gradient
-	xTof    *float32    // first element of the input xT holds, nil when none
-	xTlen   int         // and its length
-	u, du   []float32   // [N, R]
-	duT     []float32   // [R, N]
-	bT, aT  []float32   // Bᵀ [R, Out] and Aᵀ [In, R]
-	dBT, dA []float32   // [R, Out] and [R, In]
-	attn    attnScratch // attention blocks' operands
+	acc  []float32 // a product's result before it is added to its destination
+	xT   []float32 // the transposed input of a group of projections
+	lora [model.NumModules]loraScratch
+	attn []attnScratch // per attention block
 }
 
 // Tape is a recorded training forward pass over one or more sequences, each
@@ -148,8 +143,10 @@ const (
 )
 
 // forRange runs fn over [0, n) in chunks of grain on the executor's threads.
+// Called inside another loop on the pool, it runs inline, so a task may
+// itself use the parallel helpers (and Executor.matmul).
 func (e *Executor) forRange(n, grain int, fn func(lo, hi int)) {
-	parallelDynamic(e.threads, n, grain, fn)
+	e.pool.run(n, grain, fn)
 }
 
 // addTo computes dst += src.
@@ -354,133 +351,208 @@ func (tp *Tape) normBwd(dx, dy, x, w, r []float32, acc bool) {
 	})
 }
 
-// projFwd computes out = x·Wᵀ + b + s·B(A·dropout(x)) over all N tokens.
-// The LoRA path is two products on the tile kernels: uᵀ = A·dropout(x)ᵀ
-// (the tokens as weight rows, so the product splits over them) and
-// s·u·Bᵀ, added to out.
-func (tp *Tape) projFwd(l int, mod model.Module, x []float32, out []float32, lt *layerTape, rng *rand.Rand) {
-	e, N, sc := tp.e, tp.n, &tp.s
-	lin := &e.m.Layers[l].Proj[mod]
-	e.matmul(&lin.W, lin.Bias, x, N, out)
-	p := tp.a.Get(l, mod)
-	if p == nil {
-		return
-	}
-	rec := linTape{in: x}
-	xin := x
-	if tp.dropout > 0 {
-		keep := float32(1 / (1 - tp.dropout))
-		rec.drop = tp.ws.take(len(x))
-		for i, v := range x {
-			if rng.Float64() >= tp.dropout {
-				rec.drop[i] = v * keep
-			} else {
-				rec.drop[i] = 0
-			}
-		}
-		xin = rec.drop
-	}
-	rec.uT = tp.ws.take(p.R * N)
-	e.matmul(f32Matrix(N, p.In, xin), nil, p.A, p.R, rec.uT) // uT[j*N+t] = x[t]·A[j]
-	u := tp.ws.fit(&sc.u, N*p.R)
-	e.transpose(u, rec.uT, p.R, N)
-	tmp := tp.ws.fit(&sc.acc, N*p.Out)
-	e.matmul(f32Matrix(p.Out, p.R, p.B), nil, u, N, tmp) // tmp[t*Out+o] = B[o]·u[t]
-	s := p.Scale
-	e.forRange(len(tmp), cheapGrain, func(lo, hi int) {
-		o, t := out[lo:hi], tmp[lo:hi]
-		for i, v := range t {
-			o[i] += s * v
-		}
-	})
-	lt.lin[mod] = rec
+// projIO is one projection of a group that shares an input (q/k/v, gate/up):
+// its output in the forward pass, its output's gradient in the backward one.
+type projIO struct {
+	mod model.Module
+	y   []float32
 }
 
-// projBwd maps dy to the gradient at the projection's input, adding it to
-// dx when acc is set and writing it there otherwise (nothing when dx is
-// nil), and accumulates the LoRA gradients. With u = A·x' (x' = dropout(x)) and du = s·dy·B:
-//
-//	dB += s·dyᵀ·u,  dA += duᵀ·x',  dx += dy·W + du·A (through the mask).
-//
-// Each is one product on the tile kernels, over transposes of the
-// activations where the sum runs over tokens.
-func (tp *Tape) projBwd(l int, mod model.Module, dy, dx []float32, acc bool, lt *layerTape, grad *lora.Adapter) {
-	e, N, ws, sc := tp.e, tp.n, tp.ws, &tp.s
-	if dx != nil {
-		tp.matmulBwd(l, mod, dy, dx, acc)
+// loraScratch is the temporary storage of one module's LoRA products; each
+// module has its own, so the modules of a group run concurrently.
+type loraScratch struct {
+	u, tmp  []float32 // forward: u [N, R], s·u·Bᵀ [N, Out]
+	xT, dyT []float32 // dropout(x)ᵀ [In, N] (with dropout only), dyᵀ [Out, N]
+	dBT, bT []float32 // [R, Out]
+	duT, du []float32 // [R, N], [N, R]
+	dA, aT  []float32 // [R, In], [In, R]
+	dxl     []float32 // du·A [N, In]
+}
+
+// loraTask is one module's LoRA work within a group.
+type loraTask struct {
+	p    *lora.Pair
+	g    *lora.Pair // its gradient (backward)
+	x    []float32  // dropout(x) [N, In]
+	xT   []float32  // its transpose when shared by the group; nil to compute
+	y    []float32  // forward: the output to add to; backward: dy
+	rec  *linTape
+	sc   *loraScratch
+	back bool // backward: also compute dxl
+}
+
+// projsFwd computes y = x·Wᵀ + b + s·B(A·dropout(x)) over all N tokens for
+// projections of layer l that share the input x. The base products run one
+// after another, each split over the threads; then the modules' LoRA paths
+// (two small products each: uᵀ = A·dropout(x)ᵀ and s·u·Bᵀ) run as one task
+// per module, their dropout masks drawn first in module order.
+func (tp *Tape) projsFwd(l int, x []float32, lt *layerTape, rng *rand.Rand, ps ...projIO) {
+	e, N, ws := tp.e, tp.n, tp.ws
+	for _, pi := range ps {
+		lin := &e.m.Layers[l].Proj[pi.mod]
+		e.matmul(&lin.W, lin.Bias, x, N, pi.y)
 	}
-	p := tp.a.Get(l, mod)
-	if p == nil {
+	var buf [3]loraTask
+	tasks := buf[:0]
+	for _, pi := range ps {
+		p := tp.a.Get(l, pi.mod)
+		if p == nil {
+			continue
+		}
+		rec := &lt.lin[pi.mod]
+		*rec = linTape{in: x}
+		xin := x
+		if tp.dropout > 0 {
+			keep := float32(1 / (1 - tp.dropout))
+			rec.drop = ws.take(len(x))
+			for i, v := range x {
+				if rng.Float64() >= tp.dropout {
+					rec.drop[i] = v * keep
+				} else {
+					rec.drop[i] = 0
+				}
+			}
+			xin = rec.drop
+		}
+		rec.uT = ws.take(p.R * N)
+		sc := &tp.s.lora[pi.mod]
+		sc.u = ws.fit(&sc.u, N*p.R)
+		sc.tmp = ws.fit(&sc.tmp, N*p.Out)
+		tasks = append(tasks, loraTask{p: p, x: xin, y: pi.y, rec: rec, sc: sc})
+	}
+	e.forRange(len(tasks), 1, func(lo, hi int) {
+		for _, t := range tasks[lo:hi] {
+			tp.loraFwd(t)
+		}
+	})
+}
+
+// loraFwd is one module's LoRA forward: uᵀ = A·xᵀ (the tokens as the
+// product's weight rows), then y += s·u·Bᵀ.
+func (tp *Tape) loraFwd(t loraTask) {
+	e, N, p, sc := tp.e, tp.n, t.p, t.sc
+	e.matmul(f32Matrix(N, p.In, t.x), nil, p.A, p.R, t.rec.uT) // uT[j*N+t] = x[t]·A[j]
+	e.transpose(sc.u, t.rec.uT, p.R, N)
+	e.matmul(f32Matrix(p.Out, p.R, p.B), nil, sc.u, N, sc.tmp) // tmp[t*Out+o] = B[o]·u[t]
+	s := p.Scale
+	for i, v := range sc.tmp {
+		t.y[i] += s * v
+	}
+}
+
+// projsBwd maps the output gradients of projections of layer l that share
+// their input to the gradient at that input, written to dx (nothing when dx
+// is nil), and accumulates their LoRA gradients. With u = A·x'
+// (x' = dropout(x)) and du = s·dy·B:
+//
+//	dB += s·dyᵀ·u,  dA += duᵀ·x',  dx = Σ dy·W + du·A (through the mask).
+//
+// The base products run one after another, each split over the threads;
+// the LoRA products run as one task per module, and their dx terms are
+// added in module order afterwards.
+func (tp *Tape) projsBwd(l int, dx []float32, lt *layerTape, grad *lora.Adapter, ps ...projIO) {
+	e, N, ws := tp.e, tp.n, tp.ws
+	if dx != nil {
+		for i, pi := range ps {
+			tp.matmulBwd(l, pi.mod, pi.y, dx, i > 0)
+		}
+	}
+	var buf [3]loraTask
+	tasks := buf[:0]
+	var shared []float32 // xᵀ, when the modules share it (no dropout)
+	for _, pi := range ps {
+		p := tp.a.Get(l, pi.mod)
+		if p == nil {
+			continue
+		}
+		R, In, Out := p.R, p.In, p.Out
+		rec := &lt.lin[pi.mod]
+		sc := &tp.s.lora[pi.mod]
+		sc.dyT = ws.fit(&sc.dyT, Out*N)
+		sc.dBT = ws.fit(&sc.dBT, R*Out)
+		sc.bT = ws.fit(&sc.bT, R*Out)
+		sc.duT = ws.fit(&sc.duT, R*N)
+		sc.dA = ws.fit(&sc.dA, R*In)
+		if dx != nil {
+			sc.du = ws.fit(&sc.du, N*R)
+			sc.aT = ws.fit(&sc.aT, In*R)
+			sc.dxl = ws.fit(&sc.dxl, N*In)
+		}
+		t := loraTask{p: p, g: grad.Get(l, pi.mod), x: rec.in, y: pi.y, rec: rec, sc: sc, back: dx != nil}
+		if rec.drop != nil {
+			t.x = rec.drop
+			sc.xT = ws.fit(&sc.xT, In*N)
+		} else {
+			if shared == nil {
+				shared = ws.fit(&tp.s.xT, In*N)
+				e.transpose(shared, rec.in, N, In)
+			}
+			t.xT = shared
+		}
+		tasks = append(tasks, t)
+	}
+	e.forRange(len(tasks), 1, func(lo, hi int) {
+		for _, t := range tasks[lo:hi] {
+			tp.loraBwd(t)
+		}
+	})
+	if dx == nil {
 		return
 	}
-	rec := &lt.lin[mod]
-	g := grad.Get(l, mod)
-	xin := rec.in
-	if rec.drop != nil {
-		xin = rec.drop
+	for _, t := range tasks {
+		if t.rec.drop == nil {
+			e.addTo(dx, t.sc.dxl)
+			continue
+		}
+		// d dropout(x)/dx is the kept mask scaled by 1/(1-p).
+		keep := float32(1 / (1 - tp.dropout))
+		xin, in, dxl := t.rec.drop, t.rec.in, t.sc.dxl
+		e.forRange(len(dxl), cheapGrain, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				if xin[i] != 0 || in[i] == 0 {
+					dx[i] += dxl[i] * keep
+				}
+			}
+		})
 	}
+}
+
+// loraBwd is one module's LoRA backward (see projsBwd), each sum over
+// tokens a product over transposed activations.
+func (tp *Tape) loraBwd(t loraTask) {
+	e, N, p, g, sc := tp.e, tp.n, t.p, t.g, t.sc
 	R, In, Out, s := p.R, p.In, p.Out, p.Scale
 	// dBᵀ[j, o] = Σ_t u[t, j]·dy[t, o]
-	dyT := ws.fit(&sc.dyT, Out*N)
-	e.transpose(dyT, dy, N, Out)
-	dBT := ws.fit(&sc.dBT, R*Out)
-	e.matmul(f32Matrix(Out, N, dyT), nil, rec.uT, R, dBT)
+	e.transpose(sc.dyT, t.y, N, Out)
+	e.matmul(f32Matrix(Out, N, sc.dyT), nil, t.rec.uT, R, sc.dBT)
 	for j := 0; j < R; j++ {
-		for o, v := range dBT[j*Out : (j+1)*Out] {
+		for o, v := range sc.dBT[j*Out : (j+1)*Out] {
 			g.B[o*R+j] += s * v
 		}
 	}
 	// duᵀ[j, t] = s·Σ_o B[o, j]·dy[t, o]
-	bT := ws.fit(&sc.bT, R*Out)
-	e.transpose(bT, p.B, Out, R)
-	duT := ws.fit(&sc.duT, R*N)
-	e.matmul(f32Matrix(N, Out, dy), nil, bT, R, duT)
-	for i := range duT {
-		duT[i] *= s
+	e.transpose(sc.bT, p.B, Out, R)
+	e.matmul(f32Matrix(N, Out, t.y), nil, sc.bT, R, sc.duT)
+	for i := range sc.duT {
+		sc.duT[i] *= s
 	}
 	// dA[j, i] = Σ_t du[t, j]·x'[t, i]
-	xT := tp.inputT(xin, In)
-	dA := ws.fit(&sc.dA, R*In)
-	e.matmul(f32Matrix(In, N, xT), nil, duT, R, dA)
-	for i, v := range dA {
+	xT := t.xT
+	if xT == nil {
+		xT = sc.xT
+		e.transpose(xT, t.x, N, In)
+	}
+	e.matmul(f32Matrix(In, N, xT), nil, sc.duT, R, sc.dA)
+	for i, v := range sc.dA {
 		g.A[i] += v
 	}
-	if dx == nil {
+	if !t.back {
 		return
 	}
-	// dx' = du·A, then through dropout: d dropout(x)/dx is the kept mask
-	// scaled by 1/(1-p).
-	du := ws.fit(&sc.du, N*R)
-	e.transpose(du, duT, R, N)
-	aT := ws.fit(&sc.aT, In*R)
-	e.transpose(aT, p.A, R, In)
-	dxl := ws.fit(&sc.acc, N*In)
-	e.matmul(f32Matrix(In, R, aT), nil, du, N, dxl)
-	if rec.drop == nil {
-		e.addTo(dx[:N*In], dxl)
-		return
-	}
-	keep := float32(1 / (1 - tp.dropout))
-	e.forRange(N*In, cheapGrain, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			if xin[i] != 0 || rec.in[i] == 0 {
-				dx[i] += dxl[i] * keep
-			}
-		}
-	})
-}
-
-// inputT returns the transpose [In, N] of a projection input x [N, In],
-// reusing the last one when q/k/v (or gate/up) share their input.
-func (tp *Tape) inputT(x []float32, in int) []float32 {
-	sc := &tp.s
-	if sc.xTof == &x[0] && sc.xTlen == len(x) {
-		return sc.xT[:len(x)]
-	}
-	xT := tp.ws.fit(&sc.xT, len(x))
-	tp.e.transpose(xT, x, tp.n, in)
-	sc.xTof, sc.xTlen = &x[0], len(x)
-	return xT
+	// dxl = du·A
+	e.transpose(sc.du, sc.duT, R, N)
+	e.transpose(sc.aT, p.A, R, In)
+	e.matmul(f32Matrix(In, R, sc.aT), nil, sc.du, N, sc.dxl)
 }
 
 // matmulBwd maps dy [N, W.Rows] to dy·W [N, W.Cols], adding it to dx when
@@ -495,6 +567,7 @@ func (tp *Tape) matmulBwd(l int, mod model.Module, dy, dx []float32, acc bool) {
 		return
 	}
 	tmp := tp.ws.fit(&tp.s.acc, tp.n*wt.Rows)
+	tp.s.acc = tmp
 	e.matmul(wt, nil, dy, tp.n, tmp)
 	e.addTo(dx, tmp)
 }
@@ -565,9 +638,7 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 	lt.q = ws.take(N * cfg.QDim())
 	lt.k = ws.take(N * cfg.KVDim())
 	lt.v = ws.take(N * cfg.KVDim())
-	tp.projFwd(l, model.Q, lt.xn1, lt.q, lt, rng)
-	tp.projFwd(l, model.K, lt.xn1, lt.k, lt, rng)
-	tp.projFwd(l, model.V, lt.xn1, lt.v, lt, rng)
+	tp.projsFwd(l, lt.xn1, lt, rng, projIO{model.Q, lt.q}, projIO{model.K, lt.k}, projIO{model.V, lt.v})
 	tp.rope(lt.q, lt.k, false)
 	lt.probs = ws.take(probLen)
 	if cfg.AttnSoftcap > 0 {
@@ -576,7 +647,7 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 	lt.att = ws.take(N * cfg.QDim())
 	tp.attnFwd(l, lt)
 	lt.o = ws.take(N * d)
-	tp.projFwd(l, model.O, lt.att, lt.o, lt, rng)
+	tp.projsFwd(l, lt.att, lt, rng, projIO{model.O, lt.o})
 	on := lt.o
 	if L.AttnPostNorm != nil {
 		on = ws.take(N * d)
@@ -592,8 +663,7 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 	lt.r2 = tp.normFwd(lt.xn2, lt.h, L.MLPNorm)
 	I := cfg.Intermediate
 	lt.g, lt.up, lt.a = ws.take(N*I), ws.take(N*I), ws.take(N*I)
-	tp.projFwd(l, model.Gate, lt.xn2, lt.g, lt, rng)
-	tp.projFwd(l, model.Up, lt.xn2, lt.up, lt, rng)
+	tp.projsFwd(l, lt.xn2, lt, rng, projIO{model.Gate, lt.g}, projIO{model.Up, lt.up})
 	act := silu
 	if cfg.Act == model.GELUTanh {
 		act = geluTanh
@@ -604,7 +674,7 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 		}
 	})
 	lt.dn = ws.take(N * d)
-	tp.projFwd(l, model.Down, lt.a, lt.dn, lt, rng)
+	tp.projsFwd(l, lt.a, lt, rng, projIO{model.Down, lt.dn})
 	dnn := lt.dn
 	if L.MLPPostNorm != nil {
 		dnn = ws.take(N * d)
@@ -625,6 +695,10 @@ type attnScratch struct {
 	dkv             []float32 // dk or dv of the block, [n, hd]
 }
 
+// attnBlock is one (segment, KV head) block: the segment's first token and
+// length, the KV head, and the block's offset into a layer's probabilities.
+type attnBlock struct{ s0, n, kh, off int }
+
 // gatherCols copies columns [c0, c0+w) of rows s0..s0+n-1 of x (rows of ld
 // floats) into dst [n, w].
 func gatherCols(dst, x []float32, ld, s0, n, c0, w int) {
@@ -640,18 +714,40 @@ func scatterCols(x, src []float32, ld, s0, n, c0, w int) {
 	}
 }
 
-// attnBlocks calls fn for every (segment, KV head) block of attention: the
-// segment's first token and length, the KV head, and the block's offset into
-// a layer's probabilities.
-func (tp *Tape) attnBlocks(fn func(s0, n, kh, off int)) {
+// attnBlocks runs fn on every attention block, one task per block across
+// the threads (the blocks write disjoint parts of their outputs), each with
+// its own scratch, sized beforehand (bwd: for the backward pass).
+func (tp *Tape) attnBlocks(bwd bool, fn func(b attnBlock, as *attnScratch)) {
+	cfg, ws := tp.e.cfg, tp.ws
+	G, hd := cfg.Heads/cfg.KVHeads, cfg.HeadDim
+	var blocks []attnBlock
 	for si := 0; si+1 < len(tp.segs); si++ {
-		for kh := range tp.e.cfg.KVHeads {
-			fn(tp.segs[si], tp.segs[si+1]-tp.segs[si], kh, tp.probOff[si][kh])
+		for kh := range cfg.KVHeads {
+			blocks = append(blocks, attnBlock{tp.segs[si], tp.segs[si+1] - tp.segs[si], kh, tp.probOff[si][kh]})
 		}
 	}
+	if len(tp.s.attn) < len(blocks) {
+		tp.s.attn = append(tp.s.attn, make([]attnScratch, len(blocks)-len(tp.s.attn))...)
+	}
+	for i, b := range blocks {
+		as, n := &tp.s.attn[i], b.n
+		as.q, as.k, as.v = ws.fit(&as.q, G*n*hd), ws.fit(&as.k, n*hd), ws.fit(&as.v, n*hd)
+		as.o, as.vT = ws.fit(&as.o, G*n*hd), ws.fit(&as.vT, hd*n)
+		if bwd {
+			as.kT, as.qT, as.doT = ws.fit(&as.kT, hd*n), ws.fit(&as.qT, hd*G*n), ws.fit(&as.doT, hd*G*n)
+			as.dp, as.ds = ws.fit(&as.dp, G*n*n), ws.fit(&as.ds, G*n*n)
+			as.pT, as.dsT = ws.fit(&as.pT, n*G*n), ws.fit(&as.dsT, n*G*n)
+			as.dkv = ws.fit(&as.dkv, n*hd)
+		}
+	}
+	tp.e.forRange(len(blocks), 1, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			fn(blocks[i], &tp.s.attn[i])
+		}
+	})
 }
 
-// attnSpan returns the keys token i attends to: [lo, i].
+// attnSpan returns the first key token i attends to (the last is i).
 func attnSpan(i, window int) int {
 	if window > 0 {
 		return max(0, i-window+1)
@@ -664,48 +760,44 @@ func attnSpan(i, window int) int {
 // sums of values are products on the tile kernels over the whole n×n block;
 // the probabilities outside the causal window are zero.
 func (tp *Tape) attnFwd(l int, lt *layerTape) {
-	e, cfg, ws, as := tp.e, tp.e.cfg, tp.ws, &tp.s.attn
+	e, cfg := tp.e, tp.e.cfg
 	G, hd, qd, kvd := cfg.Heads/cfg.KVHeads, cfg.HeadDim, cfg.QDim(), cfg.KVDim()
 	window := cfg.Window(l)
-	tp.attnBlocks(func(s0, n, kh, off int) {
+	tp.attnBlocks(false, func(b attnBlock, as *attnScratch) {
+		s0, n, kh, off := b.s0, b.n, b.kh, b.off
 		P := lt.probs[off : off+G*n*n]
-		q, k := ws.fit(&as.q, G*n*hd), ws.fit(&as.k, n*hd)
-		gatherCols(q, lt.q, qd, s0, n, kh*G*hd, G*hd)
-		gatherCols(k, lt.k, kvd, s0, n, kh*hd, hd)
-		e.matmul(f32Matrix(n, hd, k), nil, q, G*n, P) // P[r*n+j] = q[r]·k[j]
-		e.forRange(G*n, max(1, expGrain/n), func(lo, hi int) {
-			for r := lo; r < hi; r++ {
-				i := r / G
-				jlo := attnSpan(i, window)
-				row := P[r*n : (r+1)*n]
-				maxS := float32(math.Inf(-1))
-				for j := jlo; j <= i; j++ {
-					sc := row[j] * cfg.AttnScale
-					if cfg.AttnSoftcap > 0 {
-						sc = softcap(sc, cfg.AttnSoftcap)
-						lt.capped[off+r*n+j] = sc
-					}
-					row[j] = sc
-					maxS = max(maxS, sc)
+		gatherCols(as.q, lt.q, qd, s0, n, kh*G*hd, G*hd)
+		gatherCols(as.k, lt.k, kvd, s0, n, kh*hd, hd)
+		e.matmul(f32Matrix(n, hd, as.k), nil, as.q, G*n, P) // P[r*n+j] = q[r]·k[j]
+		for r := 0; r < G*n; r++ {
+			i := r / G
+			jlo := attnSpan(i, window)
+			row := P[r*n : (r+1)*n]
+			maxS := float32(math.Inf(-1))
+			for j := jlo; j <= i; j++ {
+				sc := row[j] * cfg.AttnScale
+				if cfg.AttnSoftcap > 0 {
+					sc = softcap(sc, cfg.AttnSoftcap)
+					lt.capped[off+r*n+j] = sc
 				}
-				var sum float32
-				for j := jlo; j <= i; j++ {
-					row[j] = expf(row[j] - maxS)
-					sum += row[j]
-				}
-				for j := jlo; j <= i; j++ {
-					row[j] /= sum
-				}
-				clear(row[:jlo])
-				clear(row[i+1:])
+				row[j] = sc
+				maxS = max(maxS, sc)
 			}
-		})
-		v, vT := ws.fit(&as.v, n*hd), ws.fit(&as.vT, hd*n)
-		gatherCols(v, lt.v, kvd, s0, n, kh*hd, hd)
-		e.transpose(vT, v, n, hd)
-		o := ws.fit(&as.o, G*n*hd)
-		e.matmul(f32Matrix(hd, n, vT), nil, P, G*n, o) // o[r*hd+c] = Σ_j P[r, j]·v[j, c]
-		scatterCols(lt.att, o, qd, s0, n, kh*G*hd, G*hd)
+			var sum float32
+			for j := jlo; j <= i; j++ {
+				row[j] = expf(row[j] - maxS)
+				sum += row[j]
+			}
+			for j := jlo; j <= i; j++ {
+				row[j] /= sum
+			}
+			clear(row[:jlo])
+			clear(row[i+1:])
+		}
+		gatherCols(as.v, lt.v, kvd, s0, n, kh*hd, hd)
+		e.transpose(as.vT, as.v, n, hd)
+		e.matmul(f32Matrix(hd, n, as.vT), nil, P, G*n, as.o) // o[r*hd+c] = Σ_j P[r, j]·v[j, c]
+		scatterCols(lt.att, as.o, qd, s0, n, kh*G*hd, G*hd)
 	})
 }
 
@@ -713,59 +805,52 @@ func (tp *Tape) attnFwd(l int, lt *layerTape) {
 // dS = P ⊙ (dP - rowsum(P ⊙ dP)) (times the soft-cap's derivative and the
 // score scale) and dP = dO·Vᵀ: dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q.
 func (tp *Tape) attnBwd(l int, lt *layerTape, datt, dq, dk, dv []float32) {
-	e, cfg, ws, as := tp.e, tp.e.cfg, tp.ws, &tp.s.attn
+	e, cfg := tp.e, tp.e.cfg
 	G, hd, qd, kvd := cfg.Heads/cfg.KVHeads, cfg.HeadDim, cfg.QDim(), cfg.KVDim()
 	window := cfg.Window(l)
-	tp.attnBlocks(func(s0, n, kh, off int) {
+	tp.attnBlocks(true, func(b attnBlock, as *attnScratch) {
+		s0, n, kh, off := b.s0, b.n, b.kh, b.off
 		P := lt.probs[off : off+G*n*n]
-		do, v := ws.fit(&as.o, G*n*hd), ws.fit(&as.v, n*hd)
+		do := as.o
 		gatherCols(do, datt, qd, s0, n, kh*G*hd, G*hd)
-		gatherCols(v, lt.v, kvd, s0, n, kh*hd, hd)
-		dP, dS := ws.fit(&as.dp, G*n*n), ws.fit(&as.ds, G*n*n)
-		e.matmul(f32Matrix(n, hd, v), nil, do, G*n, dP) // dP[r*n+j] = do[r]·v[j]
-		e.forRange(G*n, max(1, expGrain/n), func(lo, hi int) {
-			for r := lo; r < hi; r++ {
-				i := r / G
-				jlo := attnSpan(i, window)
-				p, dp, ds := P[r*n:(r+1)*n], dP[r*n:(r+1)*n], dS[r*n:(r+1)*n]
-				var sum float32
-				for j := jlo; j <= i; j++ {
-					sum += p[j] * dp[j]
-				}
-				for j := jlo; j <= i; j++ {
-					g := p[j] * (dp[j] - sum)
-					if cfg.AttnSoftcap > 0 {
-						th := lt.capped[off+r*n+j] / cfg.AttnSoftcap
-						g *= 1 - th*th
-					}
-					ds[j] = g * cfg.AttnScale
-				}
-				clear(ds[:jlo])
-				clear(ds[i+1:])
+		gatherCols(as.v, lt.v, kvd, s0, n, kh*hd, hd)
+		e.matmul(f32Matrix(n, hd, as.v), nil, do, G*n, as.dp) // dP[r*n+j] = do[r]·v[j]
+		for r := 0; r < G*n; r++ {
+			i := r / G
+			jlo := attnSpan(i, window)
+			p, dp, ds := P[r*n:(r+1)*n], as.dp[r*n:(r+1)*n], as.ds[r*n:(r+1)*n]
+			var sum float32
+			for j := jlo; j <= i; j++ {
+				sum += p[j] * dp[j]
 			}
-		})
+			for j := jlo; j <= i; j++ {
+				g := p[j] * (dp[j] - sum)
+				if cfg.AttnSoftcap > 0 {
+					th := lt.capped[off+r*n+j] / cfg.AttnSoftcap
+					g *= 1 - th*th
+				}
+				ds[j] = g * cfg.AttnScale
+			}
+			clear(ds[:jlo])
+			clear(ds[i+1:])
+		}
 		// dV[j, c] = Σ_r P[r, j]·do[r, c]
-		doT, pT := ws.fit(&as.doT, hd*G*n), ws.fit(&as.pT, n*G*n)
-		e.transpose(doT, do, G*n, hd)
-		e.transpose(pT, P, G*n, n)
-		dkv := ws.fit(&as.dkv, n*hd)
-		e.matmul(f32Matrix(hd, G*n, doT), nil, pT, n, dkv)
-		scatterCols(dv, dkv, kvd, s0, n, kh*hd, hd)
+		e.transpose(as.doT, do, G*n, hd)
+		e.transpose(as.pT, P, G*n, n)
+		e.matmul(f32Matrix(hd, G*n, as.doT), nil, as.pT, n, as.dkv)
+		scatterCols(dv, as.dkv, kvd, s0, n, kh*hd, hd)
 		// dQ[r, c] = Σ_j dS[r, j]·k[j, c]
-		k, kT := ws.fit(&as.k, n*hd), ws.fit(&as.kT, hd*n)
-		gatherCols(k, lt.k, kvd, s0, n, kh*hd, hd)
-		e.transpose(kT, k, n, hd)
-		dqg := ws.fit(&as.q, G*n*hd)
-		e.matmul(f32Matrix(hd, n, kT), nil, dS, G*n, dqg)
+		gatherCols(as.k, lt.k, kvd, s0, n, kh*hd, hd)
+		e.transpose(as.kT, as.k, n, hd)
+		dqg := as.o // do is no longer needed
+		e.matmul(f32Matrix(hd, n, as.kT), nil, as.ds, G*n, dqg)
 		scatterCols(dq, dqg, qd, s0, n, kh*G*hd, G*hd)
 		// dK[j, c] = Σ_r dS[r, j]·q[r, c]
-		q, qT := ws.fit(&as.q, G*n*hd), ws.fit(&as.qT, hd*G*n)
-		gatherCols(q, lt.q, qd, s0, n, kh*G*hd, G*hd)
-		e.transpose(qT, q, G*n, hd)
-		dsT := ws.fit(&as.dsT, n*G*n)
-		e.transpose(dsT, dS, G*n, n)
-		e.matmul(f32Matrix(hd, G*n, qT), nil, dsT, n, dkv)
-		scatterCols(dk, dkv, kvd, s0, n, kh*hd, hd)
+		gatherCols(as.q, lt.q, qd, s0, n, kh*G*hd, G*hd)
+		e.transpose(as.qT, as.q, G*n, hd)
+		e.transpose(as.dsT, as.ds, G*n, n)
+		e.matmul(f32Matrix(hd, G*n, as.qT), nil, as.dsT, n, as.dkv)
+		scatterCols(dk, as.dkv, kvd, s0, n, kh*hd, hd)
 	})
 }
 
@@ -888,7 +973,7 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 		if site == engine.MLPOut {
 			e.addTo(ddn, inject)
 		}
-		tp.projBwd(l, model.Down, ddn, b.da, false, lt, grad)
+		tp.projsBwd(l, b.da, lt, grad, projIO{model.Down, ddn})
 		gelu := cfg.Act == model.GELUTanh
 		da, dg, dup := b.da, b.dg, b.dup
 		e.forRange(len(da), expGrain, func(lo, hi int) {
@@ -903,8 +988,7 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 				dup[i] = da[i] * act
 			}
 		})
-		tp.projBwd(l, model.Gate, dg, b.dxn2, false, lt, grad)
-		tp.projBwd(l, model.Up, dup, b.dxn2, true, lt, grad)
+		tp.projsBwd(l, b.dxn2, lt, grad, projIO{model.Gate, dg}, projIO{model.Up, dup})
 		tp.normBwd(dh, b.dxn2, lt.h, L.MLPNorm, lt.r2, true)
 	}
 	do := dh // read-only below, until normBwd updates dh after the last use
@@ -923,16 +1007,14 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 	if needIn {
 		dxn1 = b.dxn1
 	} else if tp.a.Get(l, model.Q) == nil && tp.a.Get(l, model.K) == nil && tp.a.Get(l, model.V) == nil {
-		tp.projBwd(l, model.O, do, nil, false, lt, grad)
+		tp.projsBwd(l, nil, lt, grad, projIO{model.O, do})
 		return
 	}
-	tp.projBwd(l, model.O, do, b.datt, false, lt, grad)
+	tp.projsBwd(l, b.datt, lt, grad, projIO{model.O, do})
 	dq, dk, dv := b.dq, b.dk, b.dv
 	tp.attnBwd(l, lt, b.datt, dq, dk, dv)
 	tp.rope(dq, dk, true)
-	tp.projBwd(l, model.Q, dq, dxn1, false, lt, grad)
-	tp.projBwd(l, model.K, dk, dxn1, true, lt, grad)
-	tp.projBwd(l, model.V, dv, dxn1, true, lt, grad)
+	tp.projsBwd(l, dxn1, lt, grad, projIO{model.Q, dq}, projIO{model.K, dk}, projIO{model.V, dv})
 	if needIn {
 		tp.normBwd(dh, dxn1, lt.x, L.AttnNorm, lt.r1, true)
 	}
