@@ -47,15 +47,15 @@ func BenchmarkSOOStep(b *testing.B) {
 	}
 	pt := engine.Point{Layer: spec.Layer, Site: engine.AttnOut}
 	ctx := context.Background()
-	var ws cpu.Workspace
+	var bufs stepBuffers
 	// One step outside the timer: it builds the executor's cached weight
 	// transposes, a one-off cost that a training run pays once.
-	if _, _, err := trainStep(ctx, ex, &ws, a, opt, []TokPair{pair}, []int{0}, pt, spec, 0); err != nil {
+	if _, _, err := trainStep(ctx, ex, &bufs, a, opt, []TokPair{pair}, []int{0}, pt, spec, 0); err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, _, err := trainStep(ctx, ex, &ws, a, opt, []TokPair{pair}, []int{0}, pt, spec, uint64(i)); err != nil {
+		if _, _, err := trainStep(ctx, ex, &bufs, a, opt, []TokPair{pair}, []int{0}, pt, spec, uint64(i)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -202,7 +202,7 @@ func Train(ctx context.Context, ex *cpu.Executor, pairs []TokPair, spec Spec, na
 	pt := engine.Point{Layer: spec.Layer, Site: spec.site}
 	began := time.Now()
 	var tokens int
-	var ws cpu.Workspace
+	var bufs stepBuffers
 	for epoch := start; epoch < spec.Epochs; epoch++ {
 		order := epochOrder(len(pairs), spec.Seed, epoch)
 		for b := 0; b < stepsPerEpoch; b++ {
@@ -211,7 +211,7 @@ func Train(ctx context.Context, ex *cpu.Executor, pairs []TokPair, spec Spec, na
 			}
 			idx := order[b*bs : min((b+1)*bs, len(order))]
 			step := epoch*stepsPerEpoch + b
-			loss, n, err := trainStep(ctx, ex, &ws, a, opt, pairs, idx, pt, spec, uint64(step))
+			loss, n, err := trainStep(ctx, ex, &bufs, a, opt, pairs, idx, pt, spec, uint64(step))
 			if err != nil {
 				return nil, err
 			}
@@ -244,17 +244,23 @@ func epochOrder(n int, seed uint64, epoch int) []int {
 	return rng.Perm(n)
 }
 
+// stepBuffers are what a run's steps reuse instead of allocating anew.
+type stepBuffers struct {
+	ws   cpu.Workspace // the executor's training buffers
+	grad *lora.Adapter // the gradient, shaped like the adapter
+}
+
 // trainStep runs one optimiser step on the pairs idx and returns the batch's
-// mean loss and the number of tokens processed. Its buffers come from ws,
+// mean loss and the number of tokens processed. Its buffers come from bufs,
 // which a run passes to every step.
-func trainStep(ctx context.Context, ex *cpu.Executor, ws *cpu.Workspace, a *lora.Adapter, opt *AdamW, pairs []TokPair, idx []int, pt engine.Point, spec Spec, step uint64) (float64, int, error) {
+func trainStep(ctx context.Context, ex *cpu.Executor, bufs *stepBuffers, a *lora.Adapter, opt *AdamW, pairs []TokPair, idx []int, pt engine.Point, spec Spec, step uint64) (float64, int, error) {
 	seqs := make([][]int32, 0, 2*len(idx))
 	n := 0
 	for _, i := range idx {
 		seqs = append(seqs, pairs[i].Self, pairs[i].Other)
 		n += len(pairs[i].Self) + len(pairs[i].Other)
 	}
-	tape, acts, err := ex.ForwardTrain(ctx, a, seqs, pt, cpu.TrainOptions{Dropout: spec.Dropout, Seed: spec.Seed<<20 ^ step, Workspace: ws})
+	tape, acts, err := ex.ForwardTrain(ctx, a, seqs, pt, cpu.TrainOptions{Dropout: spec.Dropout, Seed: spec.Seed<<20 ^ step, Workspace: &bufs.ws})
 	if err != nil {
 		return 0, 0, fmt.Errorf("training: forward: %w", err)
 	}
@@ -275,7 +281,19 @@ func trainStep(ctx context.Context, ex *cpu.Executor, ws *cpu.Workspace, a *lora
 		}
 		grads[2*k], grads[2*k+1] = dS, dO
 	}
-	g := cpu.NewGrad(a)
+	if bufs.grad == nil {
+		bufs.grad = cpu.NewGrad(a)
+	} else {
+		for _, mods := range bufs.grad.Layers {
+			for _, p := range mods {
+				if p != nil {
+					clear(p.A)
+					clear(p.B)
+				}
+			}
+		}
+	}
+	g := bufs.grad
 	if err := tape.Backward(ctx, grads, g); err != nil {
 		return 0, 0, fmt.Errorf("training: backward: %w", err)
 	}

@@ -97,6 +97,7 @@ type layerTape struct {
 	xn2      []float32
 	r2       []float32
 	g, up, a []float32
+	den      []float32 // 1+e^-g, for silu's gradient (silu only)
 	dn       []float32 // mlp_out
 	rMP      []float32
 	lin      [model.NumModules]linTape
@@ -664,15 +665,25 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 	I := cfg.Intermediate
 	lt.g, lt.up, lt.a = ws.take(N*I), ws.take(N*I), ws.take(N*I)
 	tp.projsFwd(l, lt.xn2, lt, rng, projIO{model.Gate, lt.g}, projIO{model.Up, lt.up})
-	act := silu
 	if cfg.Act == model.GELUTanh {
-		act = geluTanh
+		e.forRange(N*I, expGrain, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				lt.a[i] = geluTanh(lt.g[i]) * lt.up[i]
+			}
+		})
+	} else {
+		// silu(g) = g/den with den = 1+e^-g, as silu computes it; den is
+		// kept for the backward pass.
+		lt.den = ws.take(N * I)
+		e.forRange(N*I, expGrain, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				g := lt.g[i]
+				den := 1 + expf(-g)
+				lt.den[i] = den
+				lt.a[i] = g / den * lt.up[i]
+			}
+		})
 	}
-	e.forRange(N*I, expGrain, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			lt.a[i] = act(lt.g[i]) * lt.up[i]
-		}
-	})
 	lt.dn = ws.take(N * d)
 	tp.projsFwd(l, lt.a, lt, rng, projIO{model.Down, lt.dn})
 	dnn := lt.dn
@@ -864,10 +875,9 @@ func ropeBwd(g, cos, sin []float32) {
 	}
 }
 
-// siluAndGrad returns silu(x), computed as silu does, and its derivative
-// σ(x)·(1 + x·(1-σ(x))), from one exponential.
-func siluAndGrad(x float32) (float32, float32) {
-	den := 1 + expf(-x)
+// siluGrad returns silu(x) and its derivative σ(x)·(1 + x·(1-σ(x))) given
+// den = 1+e^-x as the forward pass computed it.
+func siluGrad(x, den float32) (float32, float32) {
 	s := 1 / den
 	return x / den, s * (1 + x*(1-s))
 }
@@ -982,7 +992,7 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 				if gelu {
 					act, grad = geluTanh(lt.g[i]), geluTanhGrad(lt.g[i])
 				} else {
-					act, grad = siluAndGrad(lt.g[i])
+					act, grad = siluGrad(lt.g[i], lt.den[i])
 				}
 				dg[i] = da[i] * lt.up[i] * grad
 				dup[i] = da[i] * act
