@@ -410,43 +410,6 @@ func softcap(x, c float32) float32 {
 	return c * float32(math.Tanh(float64(x/c)))
 }
 
-// parallelDynamic runs fn over [0, n) in contiguous chunks of grain items,
-// claimed one at a time by the calling goroutine and up to workers-1 helpers,
-// so a late or slow worker never holds the others up; it runs inline when
-// there is a single chunk.
-func parallelDynamic(workers, n, grain int, fn func(lo, hi int)) {
-	grain = max(grain, 1)
-	chunks := (n + grain - 1) / grain
-	workers = min(workers, chunks)
-	if workers <= 1 {
-		if n > 0 {
-			fn(0, n)
-		}
-		return
-	}
-	var next atomic.Int64
-	work := func() {
-		for {
-			c := int(next.Add(1)) - 1
-			if c >= chunks {
-				return
-			}
-			lo := c * grain
-			fn(lo, min(lo+grain, n))
-		}
-	}
-	var wg sync.WaitGroup
-	for w := 1; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			work()
-		}()
-	}
-	work()
-	wg.Wait()
-}
-
 // ReadBandwidth measures this machine's memory read bandwidth in bytes per
 // second: threads goroutines each sum their share of a buffer of the given
 // size with vector loads; it returns the best of passes passes.

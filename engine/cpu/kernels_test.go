@@ -4,7 +4,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"sync/atomic"
 	"testing"
 
 	"github.com/sooserve/sooserve/engine/model"
@@ -207,18 +206,3 @@ func TestExpf(t *testing.T) {
 	}
 }
 
-func TestParallelDynamic(t *testing.T) {
-	for _, c := range [][3]int{{2, 0, 4}, {2, 1, 4}, {2, 100, 7}, {4, 1000, 1}, {1, 10, 3}} {
-		hits := make([]atomic.Int32, c[1])
-		parallelDynamic(c[0], c[1], c[2], func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				hits[i].Add(1)
-			}
-		})
-		for i := range hits {
-			if hits[i].Load() != 1 {
-				t.Fatalf("%v: index %d run %d times", c, i, hits[i].Load())
-			}
-		}
-	}
-}
