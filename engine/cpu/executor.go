@@ -36,6 +36,8 @@ type Executor struct {
 	invFreq []float64
 	wT      *transposeCache // transposed weights for the training backward pass, built on first use
 	pool    *workerPool
+	// packBufs holds []float32 buffers for inputs packed in pairs.
+	packBufs sync.Pool
 }
 
 // New returns an executor for m.
@@ -416,13 +418,26 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 			r = r1 - grain
 		}
 	}
-	xp := native.pack(x, in, n, in, nil)
+	// The packed input goes in a reused buffer: a fresh one per product
+	// (100 MB per training step) cost more in page faults than the
+	// products themselves.
+	var pbuf []float32
+	if b, ok := e.packBufs.Get().(*[]float32); ok {
+		pbuf = *b
+	}
+	xp := native.pack(x, in, n, in, pbuf)
 	e.pool.run(len(chunks), 1, func(c0, c1 int) {
 		for _, c := range chunks[c0:c1] {
 			j := jobs[c.job]
 			native.gemm(matrixView(j.w), j.bias, x, in, n, in, j.out[c.r0:], j.w.Rows, c.r0, c.r1, xp)
 		}
 	})
+	if xp != nil {
+		pbuf = xp.data
+	}
+	if pbuf != nil {
+		e.packBufs.Put(&pbuf)
+	}
 }
 
 func (st *step) applyRope(q, k []float32) {

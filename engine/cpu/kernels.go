@@ -84,8 +84,11 @@ func (ks kernelSet) pack(x []float32, ldx, n, in int, buf []float32) *pairs {
 		x0, x1 := x[2*q*ldx:2*q*ldx+k8], x[(2*q+1)*ldx:(2*q+1)*ldx+k8]
 		dst := p.data[q*2*k8 : (q+1)*2*k8]
 		for c := 0; c < k8; c += 8 {
-			copy(dst[2*c:2*c+8], x0[c:c+8])
-			copy(dst[2*c+8:2*c+16], x1[c:c+8])
+			d, a, b := dst[2*c:2*c+16:2*c+16], x0[c:c+8:c+8], x1[c:c+8:c+8]
+			for i := range 8 {
+				d[i] = a[i]
+				d[8+i] = b[i]
+			}
 		}
 	}
 	return p
