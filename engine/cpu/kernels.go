@@ -137,8 +137,8 @@ func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float3
 		return
 	}
 	k8 := in &^ 7
-	RT := tileR
-	if ks.avx512 {
+	RT := tileR // three streams read memory faster than six (40 vs 36 GB/s on one core here)
+	if xp != nil {
 		RT = tileRZ
 	}
 	m := (r1 - r0) / RT
