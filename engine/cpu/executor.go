@@ -365,6 +365,23 @@ func applyLoRA(p *lora.Pair, x []float32, n int, out []float32) {
 	}
 }
 
+// pairsPay reports whether products over inputs of in elements gain from the
+// AVX-512 pair kernels. With f32 weights and long inputs (the down
+// projection's 1536 at the 135M shape) a 6-row × 8-token tile's weights and
+// inputs overflow L1 and run at 55 GFLOP/s on one core here, against 99 for
+// the AVX2 4 × 3 tile; bf16/f16 rows are half the bytes and keep 150+.
+func pairsPay(jobs []mmJob, in int) bool {
+	if in <= 1024 {
+		return true
+	}
+	for _, j := range jobs {
+		if j.w.DType != model.F32 {
+			return true
+		}
+	}
+	return false
+}
+
 // matmul computes out[n, W.Rows] = x[n, W.Cols]·Wᵀ (+ bias), splitting the
 // weight rows across the executor's threads in chunks of whole tiles. Every
 // output element is summed in the same order whatever n and the split.
@@ -385,8 +402,9 @@ type mmChunk struct{ job, r0, r1 int }
 // matmuls runs several products over the same input x[n, in] (q/k/v, or
 // gate/up) as one parallel job, so the threads meet once per group instead of
 // once per matrix. A prefill splits the rows into about 8 chunks per thread of
-// at least 64K multiply-adds; a decode step (n ≤ 4) into about 3 per thread,
-// so each chunk reads its weights as long sequential streams (see gemm).
+// at least 64K multiply-adds; a decode step (n ≤ smallBatch tokens) into
+// about 3 per thread, so each chunk reads its weights as long sequential
+// streams (see gemm).
 func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	if n == 0 {
 		return
@@ -400,7 +418,7 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 		rows += j.w.Rows
 	}
 	perThread := 8
-	if n <= tileT {
+	if n <= smallBatch {
 		perThread = 3
 	}
 	macs := rows * in * n
@@ -425,7 +443,10 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	if b, ok := e.packBufs.Get().(*[]float32); ok {
 		pbuf = *b
 	}
-	xp := native.pack(x, in, n, in, pbuf)
+	var xp *pairs
+	if pairsPay(jobs, in) {
+		xp = native.pack(x, in, n, in, pbuf)
+	}
 	e.pool.run(len(chunks), 1, func(c0, c1 int) {
 		for _, c := range chunks[c0:c1] {
 			j := jobs[c.job]

@@ -22,6 +22,10 @@ import (
 const (
 	tileT = 4 // tokens per tile
 	tileR = 3 // weight rows per tile
+	// smallBatch is the most tokens for which a product is treated as bound
+	// by memory bandwidth: long weight streams over big chunks (see gemm,
+	// Executor.matmuls).
+	smallBatch = 16
 	// tokBlock tokens' inputs stay in cache while a chunk of weight rows
 	// streams past them, so each weight row is read from memory once per
 	// tokBlock tokens.
@@ -137,8 +141,12 @@ func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float3
 		return
 	}
 	k8 := in &^ 7
-	RT := tileR // three streams read memory faster than six (40 vs 36 GB/s on one core here)
-	if xp != nil {
+	// Three streams read memory faster than six (40 vs 36 GB/s on one core
+	// here), which matters while a product is bound by memory (few tokens);
+	// six rows per AVX-512 tile reuse each input load more once it is bound
+	// by arithmetic.
+	RT := tileR
+	if xp != nil && n > smallBatch {
 		RT = tileRZ
 	}
 	m := (r1 - r0) / RT
