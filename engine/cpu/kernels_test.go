@@ -205,4 +205,3 @@ func TestExpf(t *testing.T) {
 		t.Fatalf("silu(-200) = %g", s)
 	}
 }
-
