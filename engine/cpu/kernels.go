@@ -122,6 +122,18 @@ func (w *wmat) at(r, i int) float32 {
 	return w.f32[r*w.ld+i]
 }
 
+// rows returns a pointer to row r for a kernel that reads the first k8
+// elements of rows r, r+rs, ..., r+(R-1)*rs, after checking they lie inside w.
+func (w *wmat) rows(r, R, rs, k8 int) unsafe.Pointer {
+	last := (r+(R-1)*rs)*w.ld + k8 - 1
+	if w.dt == dtF32 {
+		_ = w.f32[last]
+		return unsafe.Pointer(&w.f32[r*w.ld])
+	}
+	_ = w.u16[last]
+	return unsafe.Pointer(&w.u16[r*w.ld])
+}
+
 // f16ToF32 widens an IEEE half, as VCVTPH2PS does.
 func f16ToF32(h uint16) float32 { return safetensors.F16ToF32(h) }
 
@@ -225,16 +237,7 @@ func (ks kernelSet) tile(w *wmat, r, R, rs int, x []float32, ldx, t, T, nt, k8 i
 	if ks.asm {
 		_ = x[(t+nT-1)*ldx+k8-1] // bounds
 		_ = out[last]
-		var p unsafe.Pointer
-		lastW := (r+(R-1)*rs)*w.ld + k8 - 1
-		if w.dt == dtF32 {
-			_ = w.f32[lastW]
-			p = unsafe.Pointer(&w.f32[r*w.ld])
-		} else {
-			_ = w.u16[lastW]
-			p = unsafe.Pointer(&w.u16[r*w.ld])
-		}
-		tileAsm(w.dt, T, R, p, rs*w.ld, &x[t*ldx], ldx, k8, &out[t*ldo], ldo, nt, rs)
+		tileAsm(w.dt, T, R, w.rows(r, R, rs, k8), rs*w.ld, &x[t*ldx], ldx, k8, &out[t*ldo], ldo, nt, rs)
 		return
 	}
 	for tt := 0; tt < nT; tt++ {
@@ -253,16 +256,7 @@ func (ks kernelSet) tileZ(w *wmat, r, R, rs int, xp *pairs, q, P, nt int, out []
 	ld := 2 * xp.k8
 	_ = xp.data[(q+nP)*ld-1]
 	_ = out[(2*(q+nP)-1)*ldo+(R-1)*rs]
-	var p unsafe.Pointer
-	lastW := (r+(R-1)*rs)*w.ld + xp.k8 - 1
-	if w.dt == dtF32 {
-		_ = w.f32[lastW]
-		p = unsafe.Pointer(&w.f32[r*w.ld])
-	} else {
-		_ = w.u16[lastW]
-		p = unsafe.Pointer(&w.u16[r*w.ld])
-	}
-	tileZAsm(w.dt, P, R, p, rs*w.ld, &xp.data[q*ld], ld, xp.k8, &out[2*q*ldo], ldo, nt, rs)
+	tileZAsm(w.dt, P, R, w.rows(r, R, rs, xp.k8), rs*w.ld, &xp.data[q*ld], ld, xp.k8, &out[2*q*ldo], ldo, nt, rs)
 }
 
 // dot8Go is the pure-Go tile kernel for one (row, token) pair.

@@ -78,32 +78,12 @@ func main() {
 		fmt.Fprintf(&g, "wsumAVX%d,", W)
 	}
 	fmt.Fprintf(&g, "}\n\n")
-	fmt.Fprintf(&g, "// tileTab holds the tile kernels, indexed [dtype][T-1][R-1].\nvar tileTab = [3][%d][%d]func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int){\n", maxT, maxR)
-	for _, d := range dtypes {
-		fmt.Fprintf(&g, "{")
-		for T := 1; T <= maxT; T++ {
-			fmt.Fprintf(&g, "{")
-			for R := 1; R <= maxR; R++ {
-				fmt.Fprintf(&g, "tile%sT%dR%d,", d.name, T, R)
-			}
-			fmt.Fprintf(&g, "},\n")
-		}
-		fmt.Fprintf(&g, "},\n")
-	}
-	fmt.Fprintf(&g, "}\n\n")
-	fmt.Fprintf(&g, "// tileZTab holds the AVX-512 pair kernels, indexed [dtype][P-1][R-1].\nvar tileZTab = [3][%d][%d]func(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int){\n", maxP, maxRZ)
-	for _, d := range dtypes {
-		fmt.Fprintf(&g, "{")
-		for P := 1; P <= maxP; P++ {
-			fmt.Fprintf(&g, "{")
-			for R := 1; R <= maxRZ; R++ {
-				fmt.Fprintf(&g, "tileZ%sT%dR%d,", d.name, 2*P, R)
-			}
-			fmt.Fprintf(&g, "},\n")
-		}
-		fmt.Fprintf(&g, "},\n")
-	}
-	fmt.Fprintf(&g, "}\n")
+	table(&g, "tileTab holds the tile kernels, indexed [dtype][T-1][R-1]", "tileTab",
+		"func(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo int, nt int, ldr int)",
+		maxT, maxR, func(d dtype, i, R int) string { return fmt.Sprintf("tile%sT%dR%d", d.name, i, R) })
+	table(&g, "tileZTab holds the AVX-512 pair kernels, indexed [dtype][P-1][R-1]", "tileZTab",
+		"func(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)",
+		maxP, maxRZ, func(d dtype, i, R int) string { return fmt.Sprintf("tileZ%sT%dR%d", d.name, 2*i, R) })
 	src := bytes.Replace(g.Bytes(), []byte("package cpu\n"), []byte("package cpu\n\nimport \"unsafe\"\n"), 1)
 	out, err := format.Source(src)
 	if err != nil {
@@ -112,6 +92,24 @@ func main() {
 	}
 	must(os.WriteFile("kernels_decl_amd64.go", out, 0o644))
 	must(os.WriteFile("kernels_amd64.s", s.Bytes(), 0o644))
+}
+
+// table writes a [dtype][n1][n2] array of kernels named by name(d, i, j)
+// for i ≤ n1, j ≤ n2.
+func table(g *bytes.Buffer, doc, v, typ string, n1, n2 int, name func(d dtype, i, j int) string) {
+	fmt.Fprintf(g, "// %s.\nvar %s = [3][%d][%d]%s{\n", doc, v, n1, n2, typ)
+	for _, d := range dtypes {
+		fmt.Fprintf(g, "{")
+		for i := 1; i <= n1; i++ {
+			fmt.Fprintf(g, "{")
+			for j := 1; j <= n2; j++ {
+				fmt.Fprintf(g, "%s,", name(d, i, j))
+			}
+			fmt.Fprintf(g, "},\n")
+		}
+		fmt.Fprintf(g, "},\n")
+	}
+	fmt.Fprintf(g, "}\n\n")
 }
 
 func must(err error) {
