@@ -36,8 +36,7 @@ type Executor struct {
 	invFreq []float64
 	wT      *transposeCache // transposed weights for the training backward pass, built on first use
 	pool    *workerPool
-	// packBufs holds []float32 buffers for inputs packed in pairs.
-	packBufs sync.Pool
+	packBufs bufList // buffers for inputs packed in pairs
 }
 
 // New returns an executor for m.
@@ -365,6 +364,40 @@ func applyLoRA(p *lora.Pair, x []float32, n int, out []float32) {
 	}
 }
 
+// bufList keeps a few scratch buffers for reuse. Unlike a sync.Pool it is not
+// emptied by each garbage collection: decode steps allocate enough (logits)
+// to collect often, and a buffer allocated afresh costs its page faults again.
+type bufList struct {
+	mu   sync.Mutex
+	free [][]float32
+}
+
+// get returns a buffer of any size, or nil.
+func (b *bufList) get() []float32 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n := len(b.free); n > 0 {
+		buf := b.free[n-1]
+		b.free = b.free[:n-1]
+		return buf
+	}
+	return nil
+}
+
+// put keeps buf for a later get: up to 4 buffers (one per concurrent caller
+// is the common case) of at most 8 MB each, so a long prompt's buffer is not
+// held for ever.
+func (b *bufList) put(buf []float32) {
+	if buf == nil || cap(buf) > 2<<20 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.free) < 4 {
+		b.free = append(b.free, buf)
+	}
+}
+
 // pairsPay reports whether products over inputs of in elements gain from the
 // AVX-512 pair kernels. With f32 weights and long inputs (the down
 // projection's 1536 at the 135M shape) a 6-row × 8-token tile's weights and
@@ -439,10 +472,7 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	// The packed input goes in a reused buffer: a fresh one per product
 	// (100 MB per training step) cost more in page faults than the
 	// products themselves.
-	var pbuf []float32
-	if b, ok := e.packBufs.Get().(*[]float32); ok {
-		pbuf = *b
-	}
+	pbuf := e.packBufs.get()
 	var xp *pairs
 	if pairsPay(jobs, in) {
 		xp = native.pack(x, in, n, in, pbuf)
@@ -456,9 +486,7 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	if xp != nil {
 		pbuf = xp.data
 	}
-	if pbuf != nil {
-		e.packBufs.Put(&pbuf)
-	}
+	e.packBufs.put(pbuf)
 }
 
 func (st *step) applyRope(q, k []float32) {
