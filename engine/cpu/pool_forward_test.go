@@ -1,0 +1,70 @@
+package cpu_test
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/sooserve/sooserve/engine"
+	"github.com/sooserve/sooserve/engine/cpu"
+	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/internal/synth"
+)
+
+// TestConcurrentForwardsMatchSequential runs two sequences' steps from two
+// goroutines at once on one 2-thread executor (so one step runs on the worker
+// pool while the other runs its loops alone) and checks every logit against
+// the same steps run one at a time on a 1-thread executor. The model is large
+// enough that products split into several chunks.
+func TestConcurrentForwardsMatchSequential(t *testing.T) {
+	cfg, err := synth.Config("smollm2-135m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Layers, cfg.VocabSize = 2, 2000
+	for _, dt := range []model.DType{model.F32, model.BF16} {
+		m := synth.FromConfig(cfg, dt, 7)
+		prompts := [][]int32{{1, 50, 900, 13, 7, 1999, 4, 4, 88}, {3, 3, 1500, 42}}
+		const steps = 4
+		run := func(ex *cpu.Executor, prompt []int32) [][]float32 {
+			s := ex.NewSequence()
+			defer s.Release()
+			var got [][]float32
+			toks := prompt
+			for range steps {
+				out, err := ex.Forward(context.Background(), []engine.Row{{Seq: s, Tokens: toks}})
+				if err != nil {
+					t.Error(err)
+					return nil
+				}
+				l := out[0].Logits.Data
+				got = append(got, slices.Clone(l))
+				toks = []int32{int32(slices.Index(l, slices.Max(l)))}
+			}
+			return got
+		}
+		seq := cpu.New(m, cpu.Options{Threads: 1})
+		want := [][][]float32{run(seq, prompts[0]), run(seq, prompts[1])}
+		par := cpu.New(m, cpu.Options{Threads: 2})
+		for round := range 3 {
+			got := make([][][]float32, 2)
+			var wg sync.WaitGroup
+			for i := range prompts {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					got[i] = run(par, prompts[i])
+				}()
+			}
+			wg.Wait()
+			for i := range prompts {
+				for s := range steps {
+					if !slices.Equal(got[i][s], want[i][s]) {
+						t.Fatalf("%v round %d: sequence %d step %d differs from the sequential run", dt, round, i, s)
+					}
+				}
+			}
+		}
+	}
+}
