@@ -29,13 +29,13 @@ type Options struct {
 // Executor runs a model on the CPU. It is safe for concurrent use by several
 // goroutines as long as each sequence is in one Forward call at a time.
 type Executor struct {
-	m       *model.Model
-	cfg     *model.Config
-	threads int
-	maxCtx  int
-	invFreq []float64
-	wT      *transposeCache // transposed weights for the training backward pass, built on first use
-	pool    *workerPool
+	m        *model.Model
+	cfg      *model.Config
+	threads  int
+	maxCtx   int
+	invFreq  []float64
+	wT       *transposeCache // transposed weights for the training backward pass, built on first use
+	pool     *workerPool
 	packBufs bufList // buffers for inputs packed in pairs
 }
 
