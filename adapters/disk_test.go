@@ -102,15 +102,7 @@ func TestDiskPutSteps(t *testing.T) {
 	base := tinyLlama(t)
 	dir := t.TempDir()
 	snaps := t.TempDir()
-	st, err := adapters.OpenDisk(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := adapters.Open(ctx, adapters.Options{Base: base, BaseID: "tiny-llama", Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	st, r := openDiskRegistry(t, base, dir)
 
 	var mu sync.Mutex
 	var steps []string
@@ -238,15 +230,7 @@ func TestDiskPutFailures(t *testing.T) {
 		"sync config", "write index", "sync index temp", "sync blobs/"} {
 		t.Run(step, func(t *testing.T) {
 			dir := t.TempDir()
-			st, err := adapters.OpenDisk(dir, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := adapters.Open(ctx, adapters.Options{Base: base, BaseID: "tiny-llama", Store: st})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
+			st, r := openDiskRegistry(t, base, dir)
 			if _, err := r.Put(ctx, "a", old, false); err != nil {
 				t.Fatal(err)
 			}
@@ -335,4 +319,20 @@ func TestDiskConcurrent(t *testing.T) {
 	if len(state) != len(r.List(ctx)) {
 		t.Errorf("registry lists %d adapters, the store %d", len(r.List(ctx)), len(state))
 	}
+}
+
+// openDiskRegistry opens a disk store in dir and a registry over it for the
+// tiny Llama base; the registry is closed when the test ends.
+func openDiskRegistry(t *testing.T, base *model.Config, dir string) (*adapters.DiskStore, *adapters.Registry) {
+	t.Helper()
+	st, err := adapters.OpenDisk(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := adapters.Open(context.Background(), adapters.Options{Base: base, BaseID: "tiny-llama", Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return st, r
 }
