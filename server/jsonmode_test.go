@@ -122,3 +122,48 @@ func TestJSONMode(t *testing.T) {
 	}
 	checkJSONChoice(t, cresp.Choices[0].Text, cresp.Choices[0].FinishReason)
 }
+
+// TestOllamaFormatJSON checks that Ollama's format "json" constrains
+// /api/chat and /api/generate like json_object does: the output is a JSON
+// object or a valid prefix of one that has opened its "{" (the demo model,
+// left alone, emits only newlines here: the same request without format
+// differs).
+func TestOllamaFormatJSON(t *testing.T) {
+	ts := start(t, Options{}, LoadOptions{})
+	for _, tc := range []struct{ path, body string }{
+		{"/api/chat", `{"model":%q,"messages":[{"role":"user","content":"Reply in JSON."}],%s"stream":false,"options":{"num_predict":120,"seed":3,"temperature":1}}`},
+		{"/api/generate", `{"model":%q,"prompt":"JSON:",%s"stream":false,"options":{"num_predict":120,"seed":3,"temperature":1}}`},
+	} {
+		texts := map[string]string{}
+		for _, format := range []string{`"format":"json",`, ""} {
+			code, body := ts.post(t, tc.path, fmt.Sprintf(tc.body, demo.Name, format))
+			if code != 200 {
+				t.Fatalf("%s: status %d: %s", tc.path, code, body)
+			}
+			var resp struct {
+				Message    struct{ Content string }
+				Response   string
+				DoneReason string `json:"done_reason"`
+			}
+			if err := json.Unmarshal(body, &resp); err != nil {
+				t.Fatalf("%s: %s: %v", tc.path, body, err)
+			}
+			text := resp.Message.Content + resp.Response
+			texts[format] = text
+			t.Logf("%s format=%q: %s %q", tc.path, format, resp.DoneReason, text)
+			if format != "" {
+				checkJSONChoice(t, text, resp.DoneReason)
+				if !strings.Contains(text, "{") {
+					t.Errorf("%s: JSON-mode output %q never opened an object", tc.path, text)
+				}
+			}
+		}
+		if texts[""] == texts[`"format":"json",`] {
+			t.Errorf("%s: format json did not change the output", tc.path)
+		}
+	}
+	code, body := ts.post(t, "/api/generate", fmt.Sprintf(`{"model":%q,"prompt":"x","format":{"type":"object"},"stream":false}`, demo.Name))
+	if code != 400 || !strings.Contains(string(body), "format") {
+		t.Errorf("schema format: status %d: %s", code, body)
+	}
+}

@@ -159,10 +159,14 @@ func parseStopList(stops []string, lim Limits) ([]string, error) {
 	return stops, nil
 }
 
-func checkFormat(format []byte) error {
-	f := string(bytes.TrimSpace(format))
-	switch f {
-	case "", "null", `""`, `"json"`:
+// ollamaFormat applies Ollama's format field: "json" constrains the output
+// to a JSON object, as OpenAI's json_object does; JSON schemas are rejected.
+func (g *generation) ollamaFormat(format []byte) error {
+	switch string(bytes.TrimSpace(format)) {
+	case "", "null", `""`:
+		return nil
+	case `"json"`:
+		g.jsonMode()
 		return nil
 	}
 	return Invalid("format", "format must be \"json\"; JSON schemas are not supported")
@@ -194,7 +198,7 @@ func (s *Server) ollamaChat(c *fiber.Ctx) error {
 	}
 	c.Locals(localModel, t.ID)
 	g.target = t
-	if err := checkFormat(req.Format); err != nil {
+	if err := g.ollamaFormat(req.Format); err != nil {
 		return err
 	}
 	if len(req.Tools) > 0 {
@@ -294,7 +298,7 @@ func (s *Server) ollamaGenerate(c *fiber.Ctx) error {
 	}
 	c.Locals(localModel, t.ID)
 	g.target = t
-	if err := checkFormat(req.Format); err != nil {
+	if err := g.ollamaFormat(req.Format); err != nil {
 		return err
 	}
 	switch {

@@ -161,8 +161,7 @@ func (s *Server) params(f *samplingFields, g *generation) error {
 		switch rf.Type {
 		case "", "text":
 		case "json_object":
-			jv := jsonVocab(g.target.Base.Tokenizer)
-			g.req.Constraint = func() sample.Constraint { return jv.NewConstraint(jsonMaxSpace) }
+			g.jsonMode()
 		case "json_schema":
 			return Invalid("response_format", "response_format type \"json_schema\" is not supported; use \"json_object\"")
 		default:
@@ -180,6 +179,13 @@ func (s *Server) params(f *samplingFields, g *generation) error {
 // "length" and holds a valid prefix, as with OpenAI. The per-step cost is a
 // probe of the vocabulary against the JSON automaton (well under a
 // millisecond per 50k tokens for typical states), paid only by JSON requests.
+
+// jsonMode constrains every choice of g to a JSON object (OpenAI's
+// response_format json_object, Ollama's format "json").
+func (g *generation) jsonMode() {
+	jv := jsonVocab(g.target.Base.Tokenizer)
+	g.req.Constraint = func() sample.Constraint { return jv.NewConstraint(jsonMaxSpace) }
+}
 
 // jsonMaxSpace bounds runs of whitespace outside strings in JSON mode, so a
 // model cannot spend its tokens on whitespace alone.
