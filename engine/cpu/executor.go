@@ -460,13 +460,13 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	var buf [32]mmChunk
 	chunks := buf[:0]
 	for ji, j := range jobs {
-		for r := 0; r < j.w.Rows; r += grain {
+		for r := 0; r < j.w.Rows; {
 			r1 := min(r+grain, j.w.Rows)
 			if j.w.Rows-r1 < grain/2 { // no runt chunk at the end
 				r1 = j.w.Rows
 			}
 			chunks = append(chunks, mmChunk{ji, r, r1})
-			r = r1 - grain
+			r = r1
 		}
 	}
 	// The packed input goes in a reused buffer: a fresh one per product

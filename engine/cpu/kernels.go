@@ -319,34 +319,6 @@ func (ks kernelSet) wsum(p, v []float32, ldv int, o []float32) {
 	}
 }
 
-// dot returns sum(a[i]*b[i]) with four independent accumulators. Its summation
-// order depends only on len(a), so a row's result never depends on what else
-// is in the batch.
-func dot(a, b []float32) float32 {
-	n := len(a)
-	b = b[:n]
-	var s0, s1, s2, s3 float32
-	i := 0
-	for ; i+4 <= n; i += 4 {
-		s0 += a[i] * b[i]
-		s1 += a[i+1] * b[i+1]
-		s2 += a[i+2] * b[i+2]
-		s3 += a[i+3] * b[i+3]
-	}
-	for ; i < n; i++ {
-		s0 += a[i] * b[i]
-	}
-	return (s0 + s1) + (s2 + s3)
-}
-
-// axpy computes y += alpha*x.
-func axpy(alpha float32, x, y []float32) {
-	y = y[:len(x)]
-	for i, v := range x {
-		y[i] += alpha * v
-	}
-}
-
 // rmsNorm writes x·rsqrt(mean(x²)+eps)·w into dst (dst may alias x).
 func rmsNorm(dst, x, w []float32, eps float32) {
 	var ss float64

@@ -143,17 +143,10 @@ const (
 	expGrain   = 1 << 13 // elements of a loop that takes an exponential each
 )
 
-// forRange runs fn over [0, n) in chunks of grain on the executor's threads.
-// Called inside another loop on the pool, it runs inline, so a task may
-// itself use the parallel helpers (and Executor.matmul).
-func (e *Executor) forRange(n, grain int, fn func(lo, hi int)) {
-	e.pool.run(n, grain, fn)
-}
-
 // addTo computes dst += src.
 func (e *Executor) addTo(dst, src []float32) {
 	dst = dst[:len(src)]
-	e.forRange(len(src), cheapGrain, func(lo, hi int) {
+	e.pool.run(len(src), cheapGrain, func(lo, hi int) {
 		d, s := dst[lo:hi], src[lo:hi]
 		for i, v := range s {
 			d[i] += v
@@ -164,7 +157,7 @@ func (e *Executor) addTo(dst, src []float32) {
 // sum writes dst = a + b.
 func (e *Executor) sum(dst, a, b []float32) {
 	dst, b = dst[:len(a)], b[:len(a)]
-	e.forRange(len(a), cheapGrain, func(lo, hi int) {
+	e.pool.run(len(a), cheapGrain, func(lo, hi int) {
 		d, x, y := dst[lo:hi], a[lo:hi], b[lo:hi]
 		for i := range d {
 			d[i] = x[i] + y[i]
@@ -181,7 +174,7 @@ func (e *Executor) transpose(dst, src []float32, rows, cols int) {
 	_, _ = dst[rows*cols-1], src[rows*cols-1]
 	blocks := (rows + 7) / 8
 	grain := max(1, cheapGrain/(8*cols))
-	e.forRange(blocks, grain, func(lo, hi int) {
+	e.pool.run(blocks, grain, func(lo, hi int) {
 		transposeRows(dst, src, rows, cols, lo*8, min(hi*8, rows))
 	})
 }
@@ -309,7 +302,7 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 func (tp *Tape) normFwd(dst, x, w []float32) []float32 {
 	d, eps := len(w), tp.e.cfg.NormEps
 	r := tp.ws.take(tp.n)
-	tp.e.forRange(tp.n, tokGrain, func(lo, hi int) {
+	tp.e.pool.run(tp.n, tokGrain, func(lo, hi int) {
 		for t := lo; t < hi; t++ {
 			xt, dt := x[t*d:(t+1)*d], dst[t*d:(t+1)*d]
 			var ss float64
@@ -330,7 +323,7 @@ func (tp *Tape) normFwd(dst, x, w []float32) []float32 {
 // it to dx when acc is set and writing it there otherwise.
 func (tp *Tape) normBwd(dx, dy, x, w, r []float32, acc bool) {
 	d := len(w)
-	tp.e.forRange(tp.n, tokGrain, func(lo, hi int) {
+	tp.e.pool.run(tp.n, tokGrain, func(lo, hi int) {
 		for t := lo; t < hi; t++ {
 			xt, gt, dxt := x[t*d:(t+1)*d], dy[t*d:(t+1)*d], dx[t*d:(t+1)*d]
 			var s float64
@@ -421,7 +414,7 @@ func (tp *Tape) projsFwd(l int, x []float32, lt *layerTape, rng *rand.Rand, ps .
 		sc.tmp = ws.fit(&sc.tmp, N*p.Out)
 		tasks = append(tasks, loraTask{p: p, x: xin, y: pi.y, rec: rec, sc: sc})
 	}
-	e.forRange(len(tasks), 1, func(lo, hi int) {
+	e.pool.run(len(tasks), 1, func(lo, hi int) {
 		for _, t := range tasks[lo:hi] {
 			tp.loraFwd(t)
 		}
@@ -492,7 +485,7 @@ func (tp *Tape) projsBwd(l int, dx []float32, lt *layerTape, grad *lora.Adapter,
 		}
 		tasks = append(tasks, t)
 	}
-	e.forRange(len(tasks), 1, func(lo, hi int) {
+	e.pool.run(len(tasks), 1, func(lo, hi int) {
 		for _, t := range tasks[lo:hi] {
 			tp.loraBwd(t)
 		}
@@ -508,7 +501,7 @@ func (tp *Tape) projsBwd(l int, dx []float32, lt *layerTape, grad *lora.Adapter,
 		// d dropout(x)/dx is the kept mask scaled by 1/(1-p).
 		keep := float32(1 / (1 - tp.dropout))
 		xin, in, dxl := t.rec.drop, t.rec.in, t.sc.dxl
-		e.forRange(len(dxl), cheapGrain, func(lo, hi int) {
+		e.pool.run(len(dxl), cheapGrain, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				if xin[i] != 0 || in[i] == 0 {
 					dx[i] += dxl[i] * keep
@@ -615,7 +608,7 @@ func (tp *Tape) rope(q, k []float32, inv bool) {
 	if inv {
 		f = ropeBwd
 	}
-	tp.e.forRange(tp.n, tokGrain, func(lo, hi int) {
+	tp.e.pool.run(tp.n, tokGrain, func(lo, hi int) {
 		for t := lo; t < hi; t++ {
 			c, s := tp.cos[t*half:(t+1)*half], tp.sin[t*half:(t+1)*half]
 			for h := 0; h < cfg.Heads; h++ {
@@ -666,7 +659,7 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 	lt.g, lt.up, lt.a = ws.take(N*I), ws.take(N*I), ws.take(N*I)
 	tp.projsFwd(l, lt.xn2, lt, rng, projIO{model.Gate, lt.g}, projIO{model.Up, lt.up})
 	if cfg.Act == model.GELUTanh {
-		e.forRange(N*I, expGrain, func(lo, hi int) {
+		e.pool.run(N*I, expGrain, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				lt.a[i] = geluTanh(lt.g[i]) * lt.up[i]
 			}
@@ -675,7 +668,7 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 		// silu(g) = g/den with den = 1+e^-g, as silu computes it; den is
 		// kept for the backward pass.
 		lt.den = ws.take(N * I)
-		e.forRange(N*I, expGrain, func(lo, hi int) {
+		e.pool.run(N*I, expGrain, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				g := lt.g[i]
 				den := 1 + expf(-g)
@@ -751,7 +744,7 @@ func (tp *Tape) attnBlocks(bwd bool, fn func(b attnBlock, as *attnScratch)) {
 			as.dkv = ws.fit(&as.dkv, n*hd)
 		}
 	}
-	tp.e.forRange(len(blocks), 1, func(lo, hi int) {
+	tp.e.pool.run(len(blocks), 1, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			fn(blocks[i], &tp.s.attn[i])
 		}
@@ -986,7 +979,7 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 		tp.projsBwd(l, b.da, lt, grad, projIO{model.Down, ddn})
 		gelu := cfg.Act == model.GELUTanh
 		da, dg, dup := b.da, b.dg, b.dup
-		e.forRange(len(da), expGrain, func(lo, hi int) {
+		e.pool.run(len(da), expGrain, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				var act, grad float32
 				if gelu {
