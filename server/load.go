@@ -16,6 +16,7 @@ import (
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/sched"
 	"github.com/sooserve/sooserve/engine/tokenizer"
+	"github.com/sooserve/sooserve/engine/xla"
 )
 
 // LoadOptions configures LoadBase.
@@ -26,8 +27,13 @@ type LoadOptions struct {
 	MaxBatch int          // running sequences; default 8
 	MaxQueue int          // waiting requests; default 64
 	Threads  int          // executor threads; 0 means GOMAXPROCS
-	Metrics  *Metrics     // scheduler metrics; nil for none
-	Logger   *slog.Logger
+	// Backend picks the executor that serves requests: "" or "cpu" for the
+	// native cpu executor; "xla:cpu", "xla:cuda" (binaries built with -tags
+	// xla, PJRT plugin installed) or "simplego" for the GoMLX executor.
+	// SOO training always runs on a cpu executor over the same weights.
+	Backend string
+	Metrics *Metrics // scheduler metrics; nil for none
+	Logger  *slog.Logger
 }
 
 // DefaultContext is the context length used when the model allows more and
@@ -35,8 +41,9 @@ type LoadOptions struct {
 const DefaultContext = 4096
 
 // LoadBase loads the Hugging Face model directory dir (weights, tokenizer and
-// chat template) onto the cpu executor and starts its scheduler. A directory
-// without a chat template loads; its chat routes then answer 400.
+// chat template) onto the executor opts.Backend names and starts its
+// scheduler. A directory without a chat template loads; its chat routes then
+// answer 400.
 func LoadBase(dir string, opts LoadOptions) (*Base, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -75,13 +82,31 @@ func LoadBase(dir string, opts LoadOptions) (*Base, error) {
 	if id == "" {
 		id = filepath.Base(filepath.Clean(dir))
 	}
-	ex := cpu.New(m, cpu.Options{Threads: opts.Threads, MaxContext: ctxLen})
+	cex := cpu.New(m, cpu.Options{Threads: opts.Threads, MaxContext: ctxLen})
+	var ex engine.Executor = cex
+	var closeEx func() error
+	switch opts.Backend {
+	case "", "cpu":
+	default:
+		xe, err := xla.New(m, xla.Options{Backend: opts.Backend})
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("load model %s: backend %s: %w", dir, opts.Backend, err)
+		}
+		ex, closeEx = xe, xe.Close
+		opts.Logger.Info("executor", "backend", xe.Backend(), "note", "no KV cache: each step recomputes the sequence; training runs on the cpu executor")
+	}
 	b, err := NewBase(id, dir, ex, tok, tpl, opts, ctxLen)
 	if err != nil {
+		if closeEx != nil {
+			closeEx()
+		}
 		m.Close()
 		return nil, err
 	}
 	b.Bytes = m.Bytes()
+	b.trainer = cex
+	b.closeEx = closeEx
 	return b, nil
 }
 

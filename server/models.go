@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sooserve/sooserve/engine/chat"
+	"github.com/sooserve/sooserve/engine/cpu"
 	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/sched"
@@ -30,10 +31,25 @@ type Base struct {
 	Bytes     int64  // weight bytes
 	DType     string // weight dtype as served
 	Digest    string // sha256 of config.json, hex
+
+	trainer *cpu.Executor // SOO training's executor when Sched runs another (nil: Sched's own)
+	closeEx func() error  // frees the serving executor's device memory (nil: nothing to free)
 }
 
 // Context returns the longest prompt plus generation this base serves.
 func (b *Base) Context() int { return b.Sched.MaxContext() }
+
+// Close stops the base's scheduler (waiting for running requests until ctx
+// ends) and then frees its executor's device memory, if it has any.
+func (b *Base) Close(ctx context.Context) error {
+	err := b.Sched.Close(ctx)
+	if b.closeEx != nil {
+		if cerr := b.closeEx(); cerr != nil && err == nil {
+			err = fmt.Errorf("close executor: %w", cerr)
+		}
+	}
+	return err
+}
 
 // Target is what a request's "model" names: a base model, possibly with an
 // adapter applied.

@@ -88,7 +88,7 @@ func serve(t *testing.T, s *Server, b *Base) *testServer {
 			pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
 			t.Errorf("shutdown: %v", err)
 		}
-		b.Sched.Close(ctx)
+		b.Close(ctx)
 	})
 	return &testServer{Server: s, URL: "http://" + ln.Addr().String(), base: b}
 }

@@ -224,12 +224,15 @@ func (s *Server) jobEvents(c *fiber.Ctx) error {
 var ErrNoRegistry = errors.New("adapter registry not available: the trained adapter cannot be registered")
 
 // TrainingEnv builds the environment of SOO training jobs on b: its cpu
-// executor, tokenization raw or through its chat template (one user turn
+// executor (a cpu executor over the same weights when b serves on xla), tokenization raw or through its chat template (one user turn
 // with the generation prompt), the latent-SOO probe pairs for the overlap
 // before and after, and the base's id and directory. Register returns
 // ErrNoRegistry: set it to the adapter registry's registration.
 func TrainingEnv(ctx context.Context, b *Base) (training.Env, error) {
 	ex, ok := b.Sched.Executor().(*cpu.Executor)
+	if b.trainer != nil {
+		ex, ok = b.trainer, true
+	}
 	if !ok {
 		return training.Env{}, fmt.Errorf("training: the base %q does not run on the cpu executor", b.ID)
 	}

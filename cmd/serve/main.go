@@ -10,7 +10,7 @@
 //	--api-key      SOO_API_KEY       bearer key for every route but /health
 //	--redis        SOO_REDIS_URL     redis://host:port/db: adapters, overlap records and training jobs shared by several replicas
 //	--worker       SOO_WORKER        with --redis: this replica also runs training jobs from the shared queue
-//	--backend      SOO_BACKEND       cpu (xla:cpu, xla:cuda: not wired yet)
+//	--backend      SOO_BACKEND       cpu, xla:cpu or xla:cuda (xla needs a -tags xla build and a PJRT plugin)
 //	--dtype        SOO_DTYPE         f32 or bf16 (default: as stored)
 //	--max-batch    SOO_MAX_BATCH     concurrent sequences per step (8)
 //	--max-adapters SOO_MAX_ADAPTERS  adapters resident at once (16)
@@ -92,7 +92,7 @@ func parse(args []string, env func(string) string, out io.Writer) (*config, erro
 	str(&c.Data, "data", "SOO_DATA", "./soo-data", "data directory: adapters, jobs, checkpoints, downloads")
 	str(&c.APIKey, "api-key", "SOO_API_KEY", "", "require Authorization: Bearer KEY on every route but /health")
 	str(&c.Redis, "redis", "SOO_REDIS_URL", "", "redis://host:port/db: keep adapters in Redis, shared by several replicas (default: <data>/adapters)")
-	str(&c.Backend, "backend", "SOO_BACKEND", "cpu", "cpu, xla:cpu or xla:cuda")
+	str(&c.Backend, "backend", "SOO_BACKEND", "cpu", "cpu, xla:cpu or xla:cuda (xla: a binary built with -tags xla and an installed PJRT plugin; no KV cache yet, training stays on cpu)")
 	str(&c.DType, "dtype", "SOO_DTYPE", "", "weight dtype: f32 or bf16 (default: as stored)")
 	num(&c.MaxBatch, "max-batch", "SOO_MAX_BATCH", 8, "concurrent sequences per decode step")
 	num(&c.MaxAdapters, "max-adapters", "SOO_MAX_ADAPTERS", 16, "adapters resident at once")
@@ -128,7 +128,6 @@ func parse(args []string, env func(string) string, out io.Writer) (*config, erro
 	switch c.Backend {
 	case "cpu":
 	case "xla:cpu", "xla:cuda":
-		return nil, fmt.Errorf("--backend %s: the xla executor is not wired into the server yet; use cpu", c.Backend)
 	default:
 		return nil, fmt.Errorf("--backend %q: want cpu, xla:cpu or xla:cuda", c.Backend)
 	}
@@ -214,7 +213,7 @@ func shutdown(srv *server.Server, base *server.Base, grace time.Duration, log *s
 	defer cancel()
 	err := srv.Shutdown(ctx)
 	if base != nil {
-		if serr := base.Sched.Close(ctx); serr != nil && err == nil {
+		if serr := base.Close(ctx); serr != nil && err == nil {
 			err = serr
 		}
 	}
@@ -274,7 +273,7 @@ func load(ctx context.Context, c *config, srv *server.Server, log *slog.Logger) 
 	case strings.HasPrefix(c.Model, "hf:"):
 		return nil, fmt.Errorf("--model %q: want hf:ORG/NAME", c.Model)
 	}
-	opts := server.LoadOptions{ID: c.ModelName, Context: c.Ctx, MaxBatch: c.MaxBatch, Metrics: srv.Metrics(), Logger: log}
+	opts := server.LoadOptions{ID: c.ModelName, Context: c.Ctx, MaxBatch: c.MaxBatch, Metrics: srv.Metrics(), Logger: log, Backend: c.Backend}
 	if c.DType != "" {
 		dt, _ := model.ParseDType(c.DType)
 		opts.DType = &dt

@@ -28,7 +28,12 @@ func TestParse(t *testing.T) {
 	if c.Addr != "127.0.0.1:9" || c.MaxBatch != 4 || c.DType != "bf16" || c.Data != "./soo-data" || c.Backend != "cpu" || c.MaxAdapters != 16 {
 		t.Errorf("config %+v", c)
 	}
-	for _, bad := range [][]string{{"--backend", "xla:cuda"}, {"--backend", "tpu"}, {"--dtype", "int4"}, {"--max-batch", "0"}, {"stray"}} {
+	for _, ok := range []string{"cpu", "xla:cpu", "xla:cuda"} {
+		if c, err := parse([]string{"--backend", ok}, envOf(nil), io.Discard); err != nil || c.Backend != ok {
+			t.Errorf("--backend %s: %v", ok, err)
+		}
+	}
+	for _, bad := range [][]string{{"--backend", "tpu"}, {"--dtype", "int4"}, {"--max-batch", "0"}, {"stray"}} {
 		if _, err := parse(bad, envOf(nil), io.Discard); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
@@ -147,7 +152,7 @@ func TestLoadFromFakeHub(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer base.Sched.Close(context.Background())
+	defer base.Close(context.Background())
 	if base.ID != "demo" || base.Config.Arch != "llama" || !strings.HasPrefix(base.Dir, filepath.Join(data, "models", "hf")) {
 		t.Errorf("base %s %s %s", base.ID, base.Config.Arch, base.Dir)
 	}

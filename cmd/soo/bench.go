@@ -19,6 +19,7 @@ import (
 	"github.com/sooserve/sooserve/engine/cpu"
 	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/engine/xla"
 	"github.com/sooserve/sooserve/internal/synth"
 )
 
@@ -33,15 +34,16 @@ type benchResult struct {
 	Vocab                  int      `json:"vocab"`
 	Params                 int64    `json:"params"`
 	Threads                int      `json:"threads"`
+	Backend                string   `json:"backend"`
 	WeightBytes            int64    `json:"weight_bytes"`
 	DecodeTokensPerS       float64  `json:"decode_tokens_per_s"`
 	DecodeStepMS           float64  `json:"decode_step_ms"`
 	SingleDecodeTokensPerS float64  `json:"single_decode_tokens_per_s,omitempty"`
 	BatchSpeedup           float64  `json:"batch_speedup,omitempty"`
 	Prefill128S            float64  `json:"prefill_128_s"`
-	BandwidthGBs           float64  `json:"bandwidth_gb_s"`
-	BoundTokensPerS        float64  `json:"bandwidth_bound_tokens_per_s"`
-	BoundRatio             float64  `json:"bound_ratio"`
+	BandwidthGBs           float64  `json:"bandwidth_gb_s,omitempty"`
+	BoundTokensPerS        float64  `json:"bandwidth_bound_tokens_per_s,omitempty"`
+	BoundRatio             float64  `json:"bound_ratio,omitempty"`
 	DecodeSteps            int      `json:"decode_steps"`
 	Adapters               int      `json:"adapters,omitempty"`
 	LoRARank               int      `json:"lora_rank,omitempty"`
@@ -64,6 +66,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	vocab := fs.Int("vocab", 0, "override the synthetic model's vocabulary size")
 	tokens := fs.Int("tokens", 32, "decode steps to time")
 	threads := fs.Int("threads", 0, "kernel threads (0: GOMAXPROCS)")
+	backend := fs.String("backend", "cpu", "executor: cpu, or xla:cuda / xla:cpu / simplego for the GoMLX executor (xla:* needs a -tags xla build and a PJRT plugin; it has no KV cache, so each decode step recomputes the sequence, and no bandwidth bound is reported)")
 	seed := fs.Uint64("seed", 1, "random seed of the synthetic weights")
 	asJSON := fs.Bool("json", false, "print one JSON line")
 	bwMB := fs.Int("bw-mb", 512, "size in MB of the buffer the bandwidth measurement reads")
@@ -163,7 +166,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	for i := range *nAdapters {
 		ads = append(ads, synth.Adapter(m.Config, fmt.Sprintf("a%d", i), *loraRank, mods, uint64(i+1)))
 	}
-	r, err := bench(m, th, *batch, *tokens, int64(*bwMB)<<20, ads)
+	r, err := bench(m, *backend, th, *batch, *tokens, int64(*bwMB)<<20, ads)
 	if err != nil {
 		return err
 	}
@@ -174,7 +177,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(stdout, "model      %s (%s, %.1fM params, vocab %d, %.0f MB of weights read per step)\n", r.Model, r.DType, float64(r.Params)/1e6, r.Vocab, float64(r.WeightBytes)/1e6)
-	fmt.Fprintf(stdout, "machine    %s, %d threads, read bandwidth %.1f GB/s\n", r.CPU, r.Threads, r.BandwidthGBs)
+	fmt.Fprintf(stdout, "machine    %s, %d threads, backend %s, read bandwidth %.1f GB/s\n", r.CPU, r.Threads, r.Backend, r.BandwidthGBs)
 	fmt.Fprintf(stdout, "prefill    %d tokens in %.3f s (%.0f tokens/s)\n", prefillTokens, r.Prefill128S, prefillTokens/r.Prefill128S)
 	fmt.Fprintf(stdout, "decode     %.1f tokens/s with batch %d (%.2f ms per step, median of %d)\n", r.DecodeTokensPerS, r.Batch, r.DecodeStepMS, r.DecodeSteps)
 	if r.Batch > 1 {
@@ -184,13 +187,16 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "lora       %d adapters (rank %d on %s) across the batch: %.2f ms per step vs %.2f on the base: %+.1f%%\n",
 			r.Adapters, r.LoRARank, strings.Join(r.LoRAModules, ","), r.LoRAStepMS, r.LoRABaseStepMS, 100*r.LoRAOverhead)
 	}
+	if r.BoundTokensPerS == 0 {
+		return nil
+	}
 	fmt.Fprintf(stdout, "bound      %.1f tokens/s if every step only streamed the weights at the measured bandwidth: %.2f of bound\n", r.BoundTokensPerS, r.BoundRatio)
 	return nil
 }
 
-// bench measures m on this machine; with adapters, also decode with row i
-// of the batch on adapters[i%len(adapters)].
-func bench(m *model.Model, threads, batch, steps int, bwBytes int64, adapters []*lora.Adapter) (*benchResult, error) {
+// bench measures m on this machine with the named executor backend; with
+// adapters, also decode with row i of the batch on adapters[i%len(adapters)].
+func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes int64, adapters []*lora.Adapter) (*benchResult, error) {
 	cfg := m.Config
 	r := &benchResult{
 		DType: m.Layers[0].Proj[model.Q].W.DType.String(), Batch: batch, Vocab: cfg.VocabSize, Threads: threads,
@@ -206,10 +212,21 @@ func bench(m *model.Model, threads, batch, steps int, bwBytes int64, adapters []
 	if m.LMHead != &m.Embed {
 		r.Params += int64(m.LMHead.Rows) * int64(m.LMHead.Cols)
 	}
-	r.BandwidthGBs = cpu.ReadBandwidth(bwBytes, threads, 5) / 1e9
-	runtime.GC()
-
-	ex := cpu.New(m, cpu.Options{Threads: threads})
+	var ex engine.Executor
+	switch backend {
+	case "", "cpu":
+		r.Backend = "cpu"
+		r.BandwidthGBs = cpu.ReadBandwidth(bwBytes, threads, 5) / 1e9
+		runtime.GC()
+		ex = cpu.New(m, cpu.Options{Threads: threads})
+	default:
+		xe, err := xla.New(m, xla.Options{Backend: backend})
+		if err != nil {
+			return nil, fmt.Errorf("--backend %s: %w", backend, err)
+		}
+		defer xe.Close()
+		r.Backend, ex = xe.Backend(), xe
+	}
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, 2))
 	prompt := func(n int) []int32 {
@@ -305,9 +322,11 @@ func bench(m *model.Model, threads, batch, steps int, bwBytes int64, adapters []
 		r.SingleDecodeTokensPerS = 1 / s1
 		r.BatchSpeedup = r.DecodeTokensPerS / r.SingleDecodeTokensPerS
 	}
-	// One step streams every projection and the LM head once for all rows.
-	r.BoundTokensPerS = float64(batch) * r.BandwidthGBs * 1e9 / float64(r.WeightBytes)
-	r.BoundRatio = r.DecodeTokensPerS / r.BoundTokensPerS
+	if r.BandwidthGBs > 0 {
+		// One step streams every projection and the LM head once for all rows.
+		r.BoundTokensPerS = float64(batch) * r.BandwidthGBs * 1e9 / float64(r.WeightBytes)
+		r.BoundRatio = r.DecodeTokensPerS / r.BoundTokensPerS
+	}
 	return r, nil
 }
 

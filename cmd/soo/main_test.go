@@ -66,3 +66,23 @@ func TestBenchHumanAndErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestBenchXLABackend(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"bench", "--shape", "tiny", "--backend", "simplego", "--tokens", "2", "--json"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var r map[string]any
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %q", err, out.String())
+	}
+	if r["backend"] != "simplego" || r["decode_tokens_per_s"].(float64) <= 0 {
+		t.Errorf("result %s", out.String())
+	}
+	if _, ok := r["bound_ratio"]; ok {
+		t.Errorf("a GoMLX run reports a CPU bandwidth bound: %s", out.String())
+	}
+	if code := run([]string{"bench", "--shape", "tiny", "--backend", "tpu"}, &out, &errb); code == 0 {
+		t.Error("--backend tpu: exit 0")
+	}
+}

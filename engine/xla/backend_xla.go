@@ -5,6 +5,7 @@ package xla
 import (
 	"fmt"
 
+	"github.com/gomlx/go-xla/pkg/pjrt"
 	"github.com/gomlx/gomlx/backends"
 	gomlxxla "github.com/gomlx/gomlx/backends/xla"
 )
@@ -22,9 +23,17 @@ func xlaPluginAvailable() (string, bool) {
 	return plugins[0], true
 }
 
+// newXLABackend opens a PJRT client of the named plugin. A CUDA client takes
+// GPU memory as it needs it instead of reserving most of the card up front
+// (PJRT's default): several executors, a training job or another process can
+// then share one GPU.
 func newXLABackend(plugin string) (backends.Backend, error) {
 	gomlxxla.EnableAutoInstall(false)
-	b, err := gomlxxla.New(plugin)
+	var opts pjrt.NamedValuesMap
+	if plugin == "cuda" {
+		opts = pjrt.NamedValuesMap{"preallocate": false}
+	}
+	b, err := gomlxxla.NewWithOptions(plugin, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pjrt plugin %q: %w", plugin, err)
 	}
