@@ -82,6 +82,11 @@ func LoadBase(dir string, opts LoadOptions) (*Base, error) {
 	if id == "" {
 		id = filepath.Base(filepath.Clean(dir))
 	}
+	if n, err := m.MoveToHugePages(); err != nil {
+		opts.Logger.Warn("weights stay in ordinary pages", "err", err)
+	} else {
+		opts.Logger.Debug("weights moved to huge pages", "bytes", n)
+	}
 	cex := cpu.New(m, cpu.Options{Threads: opts.Threads, MaxContext: ctxLen})
 	var ex engine.Executor = cex
 	var closeEx func() error

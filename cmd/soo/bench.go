@@ -147,6 +147,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		}
 		m = synth.FromConfig(cfg, d, *seed)
 	}
+	if _, err := m.MoveToHugePages(); err != nil {
+		return err
+	}
 	th := *threads
 	if th <= 0 {
 		th = runtime.GOMAXPROCS(0)

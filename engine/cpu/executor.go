@@ -100,13 +100,31 @@ func (s *Sequence) Truncate(n int) {
 	s.n = n
 }
 
+// kvReserve is the fewest tokens a layer's cache is allocated for when it
+// grows: doubling from a few tokens re-allocated and copied 2·layers slices
+// several times early in every sequence.
+const kvReserve = 256
+
+// appendKV appends whole tokens (kv floats each) to a layer's cache c,
+// making room for at least kvReserve tokens, and at most maxTokens, when it
+// has to grow.
+func appendKV(c, tokens []float32, kv, maxTokens int) []float32 {
+	if need := len(c) + len(tokens); need > cap(c) {
+		grown := make([]float32, len(c), min(max(2*cap(c), need, kvReserve*kv), max(maxTokens*kv, need)))
+		copy(grown, c)
+		c = grown
+	}
+	return append(c, tokens...)
+}
+
 // step is the working state of one Forward call.
 type step struct {
 	e       *Executor
 	rows    []engine.Row
 	seqs    []*Sequence
 	off     []int // first token of row i in the flattened batch
-	n       int   // total tokens
+	warm    [][]float32
+	n       int // total tokens
 	cos     []float32
 	sin     []float32
 	outs    []engine.Output
@@ -267,14 +285,23 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	L := &e.m.Layers[l]
 	d, N := cfg.Hidden, st.n
 	st.norm(b.xn, x, L.AttnNorm)
-	st.projs(l, b.xn, projOut{model.Q, b.q}, projOut{model.K, b.k}, projOut{model.V, b.v})
+	// The weights streamed since the last step pushed this layer's KV cache
+	// out of the caches: the q/k/v product reads it back in alongside its
+	// weights, so the appends and attention below find it cached instead of
+	// waiting on memory (decode: KV appends 9 -> 3 µs a layer).
+	st.warm = st.warm[:0]
+	for _, s := range st.seqs {
+		n := min(cap(s.k[l]), (s.n+st.n)*cfg.KVDim())
+		st.warm = append(st.warm, s.k[l][:n], s.v[l][:n])
+	}
+	st.projsWarm(l, b.xn, st.warm, projOut{model.Q, b.q}, projOut{model.K, b.k}, projOut{model.V, b.v})
 	st.applyRope(b.q, b.k)
 	kv := cfg.KVDim()
 	for i, r := range st.rows {
 		s := st.seqs[i]
 		lo, hi := st.off[i]*kv, (st.off[i]+len(r.Tokens))*kv
-		s.k[l] = append(s.k[l][:s.n*kv], b.k[lo:hi]...)
-		s.v[l] = append(s.v[l][:s.n*kv], b.v[lo:hi]...)
+		s.k[l] = appendKV(s.k[l][:s.n*kv], b.k[lo:hi], kv, e.maxCtx)
+		s.v[l] = appendKV(s.v[l][:s.n*kv], b.v[lo:hi], kv, e.maxCtx)
 	}
 	st.attention(l, b.q, b.att)
 	st.projs(l, b.att, projOut{model.O, b.o})
@@ -291,9 +318,14 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	if cfg.Act == model.GELUTanh {
 		act = geluTanh
 	}
-	for i, g := range b.g {
-		b.g[i] = act(g) * b.u[i]
-	}
+	// The gated activation runs across the threads: an expf per element is
+	// serial work the size of a small product.
+	g, u := b.g, b.u
+	e.pool.run(len(g), max(1024, (len(g)+e.threads-1)/e.threads), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			g[i] = act(g[i]) * u[i]
+		}
+	})
 	st.projs(l, b.g, projOut{model.Down, b.dn})
 	st.capture(l, engine.MLPOut, b.dn)
 	if L.MLPPostNorm != nil {
@@ -322,13 +354,19 @@ type projOut struct {
 // projs computes out = x·Wᵀ + b for the given modules of layer l over all
 // tokens (one parallel job), then adds each row's LoRA updates.
 func (st *step) projs(l int, x []float32, outs ...projOut) {
+	st.projsWarm(l, x, nil, outs...)
+}
+
+// projsWarm is projs that also reads the warm slices into the cache, as
+// parts of the same parallel job.
+func (st *step) projsWarm(l int, x []float32, warm [][]float32, outs ...projOut) {
 	var buf [3]mmJob
 	jobs := buf[:0]
 	for _, po := range outs {
 		lin := &st.e.m.Layers[l].Proj[po.mod]
 		jobs = append(jobs, mmJob{w: &lin.W, bias: lin.Bias, out: po.out})
 	}
-	st.e.matmuls(x, st.n, jobs...)
+	st.e.matmuls(x, st.n, warm, jobs...)
 	// Each row's LoRA updates, one task per (row, module), across the threads.
 	type task struct {
 		p   *lora.Pair
@@ -419,7 +457,7 @@ func pairsPay(jobs []mmJob, in int) bool {
 // weight rows across the executor's threads in chunks of whole tiles. Every
 // output element is summed in the same order whatever n and the split.
 func (e *Executor) matmul(w *model.Matrix, bias, x []float32, n int, out []float32) {
-	e.matmuls(x, n, mmJob{w: w, bias: bias, out: out})
+	e.matmuls(x, n, nil, mmJob{w: w, bias: bias, out: out})
 }
 
 // mmJob is one product of matmuls: out[n, w.Rows] = x·wᵀ (+ bias).
@@ -429,7 +467,11 @@ type mmJob struct {
 	out  []float32
 }
 
-// mmChunk is a range of one job's weight rows, the unit a thread claims.
+// warmChunk is how many floats of a warm slice one chunk of matmuls reads.
+const warmChunk = 16 << 10
+
+// mmChunk is a range of one job's weight rows, the unit a thread claims (a
+// negative job -1-i is elements [r0, r1) of warm slice i).
 type mmChunk struct{ job, r0, r1 int }
 
 // matmuls runs several products over the same input x[n, in] (q/k/v, or
@@ -437,8 +479,9 @@ type mmChunk struct{ job, r0, r1 int }
 // once per matrix. A prefill splits the rows into about 8 chunks per thread of
 // at least 64K multiply-adds; a decode step (n ≤ smallBatch tokens) into
 // about 3 per thread, so each chunk reads its weights as long sequential
-// streams (see gemm).
-func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
+// streams (see gemm). The warm slices are read into the cache by chunks
+// of the same job, claimed first.
+func (e *Executor) matmuls(x []float32, n int, warm [][]float32, jobs ...mmJob) {
 	if n == 0 {
 		return
 	}
@@ -459,6 +502,11 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	grain = max(tileR, grain/tileR*tileR)
 	var buf [32]mmChunk
 	chunks := buf[:0]
+	for i, w := range warm {
+		for lo := 0; lo < len(w); lo += warmChunk {
+			chunks = append(chunks, mmChunk{-1 - i, lo, min(lo+warmChunk, len(w))})
+		}
+	}
 	for ji, j := range jobs {
 		for r := 0; r < j.w.Rows; {
 			r1 := min(r+grain, j.w.Rows)
@@ -479,6 +527,10 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	}
 	e.pool.run(len(chunks), 1, func(c0, c1 int) {
 		for _, c := range chunks[c0:c1] {
+			if c.job < 0 {
+				sumLoad(warm[-1-c.job][c.r0:c.r1])
+				continue
+			}
 			j := jobs[c.job]
 			native.gemm(matrixView(j.w), j.bias, x, in, n, in, j.out[c.r0:], j.w.Rows, c.r0, c.r1, xp)
 		}
@@ -562,8 +614,13 @@ func (st *step) attention(l int, q, out []float32) {
 			}
 		}
 	}
-	// Causal rows grow with position: small chunks keep both threads busy.
-	st.e.pool.run(st.n*KH, 4, run)
+	// Causal rows grow with position: small chunks keep both threads busy
+	// (one task per chunk while decoding, where there are only a few).
+	grain := 4
+	if st.n*KH < 4*st.e.threads {
+		grain = 1
+	}
+	st.e.pool.run(st.n*KH, grain, run)
 }
 
 // rowOf returns the row index that flattened token tok belongs to.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/safetensors"
+	"github.com/sooserve/sooserve/internal/hugepages"
 )
 
 // The matrix products of the executor are built from tiles: one call computes
@@ -390,10 +391,19 @@ func softcap(x, c float32) float32 {
 
 // ReadBandwidth measures this machine's memory read bandwidth in bytes per
 // second: threads goroutines each sum their share of a buffer of the given
-// size with vector loads; it returns the best of passes passes.
+// size with vector loads; it returns the best of passes passes. The buffer
+// is in huge pages where the system has them, like the weights of a model
+// moved there (model.MoveToHugePages), so the bound it gives is the one
+// such weights can reach.
 func ReadBandwidth(size int64, threads, passes int) float64 {
 	threads = max(threads, 1)
-	buf := make([]float32, size/4)
+	var buf []float32
+	if r, err := hugepages.Alloc(int(size/4) * 4); err == nil && size >= 4 {
+		defer r.Free()
+		buf = unsafe.Slice((*float32)(unsafe.Pointer(&r.Bytes[0])), size/4)
+	} else {
+		buf = make([]float32, size/4)
+	}
 	for i := range buf {
 		buf[i] = 1
 	}
