@@ -100,23 +100,6 @@ func (s *Sequence) Truncate(n int) {
 	s.n = n
 }
 
-// kvReserve is the fewest tokens a layer's cache is allocated for when it
-// grows: doubling from a few tokens re-allocated and copied 2·layers slices
-// several times early in every sequence.
-const kvReserve = 256
-
-// appendKV appends whole tokens (kv floats each) to a layer's cache c,
-// making room for at least kvReserve tokens, and at most maxTokens, when it
-// has to grow.
-func appendKV(c, tokens []float32, kv, maxTokens int) []float32 {
-	if need := len(c) + len(tokens); need > cap(c) {
-		grown := make([]float32, len(c), min(max(2*cap(c), need, kvReserve*kv), max(maxTokens*kv, need)))
-		copy(grown, c)
-		c = grown
-	}
-	return append(c, tokens...)
-}
-
 // step is the working state of one Forward call.
 type step struct {
 	e       *Executor
@@ -300,8 +283,8 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	for i, r := range st.rows {
 		s := st.seqs[i]
 		lo, hi := st.off[i]*kv, (st.off[i]+len(r.Tokens))*kv
-		s.k[l] = appendKV(s.k[l][:s.n*kv], b.k[lo:hi], kv, e.maxCtx)
-		s.v[l] = appendKV(s.v[l][:s.n*kv], b.v[lo:hi], kv, e.maxCtx)
+		s.k[l] = append(s.k[l][:s.n*kv], b.k[lo:hi]...)
+		s.v[l] = append(s.v[l][:s.n*kv], b.v[lo:hi]...)
 	}
 	st.attention(l, b.q, b.att)
 	st.projs(l, b.att, projOut{model.O, b.o})

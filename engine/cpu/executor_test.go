@@ -114,7 +114,7 @@ func TestForwardHonoursCancel(t *testing.T) {
 }
 
 // TestLongDecodeMatchesPrefill decodes past the KV cache's first allocation
-// (kvReserve tokens), one token per step and in uneven chunks, and holds the
+// (it grows as tokens arrive), one token per step and in uneven chunks, and holds the
 // logits to one prefill of the whole sequence.
 func TestLongDecodeMatchesPrefill(t *testing.T) {
 	ex := tinyLlama(t, cpu.Options{Threads: 2})

@@ -2,6 +2,7 @@ package cpu_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -69,41 +70,48 @@ func TestConcurrentForwardsMatchSequential(t *testing.T) {
 	}
 }
 
-// BenchmarkDecodeStep is one decode step (one token, 8-64 tokens of context)
-// of the SmolLM2-135M shape with random weights in huge pages, through
-// Executor.Forward; it reports the weight bytes streamed per second (the
-// step's bound is the machine's read bandwidth, cpu.ReadBandwidth).
+// BenchmarkDecodeStep is one decode step (one token per sequence, 8-64
+// tokens of context) of the SmolLM2-135M shape with random weights in huge
+// pages, through Executor.Forward, for 1 and 8 sequences; it reports the
+// weight bytes streamed per second (a step's bound is the machine's read
+// bandwidth, cpu.ReadBandwidth).
 func BenchmarkDecodeStep(b *testing.B) {
 	for _, dt := range []model.DType{model.F32, model.BF16} {
-		b.Run(dt.String(), func(b *testing.B) {
-			cfg, err := synth.Config("smollm2-135m")
-			if err != nil {
-				b.Fatal(err)
-			}
-			m := synth.FromConfig(cfg, dt, 7)
-			if _, err := m.MoveToHugePages(); err != nil {
-				b.Fatal(err)
-			}
-			defer m.Close()
-			e := cpu.New(m, cpu.Options{})
-			ctx := context.Background()
-			var seq engine.Sequence
-			b.SetBytes(m.Bytes())
-			tok := []int32{1}
-			for i := 0; b.Loop(); i++ {
-				if i%56 == 0 {
-					if seq != nil {
-						seq.Release()
+		cfg, err := synth.Config("smollm2-135m")
+		if err != nil {
+			b.Fatal(err)
+		}
+		m := synth.FromConfig(cfg, dt, 7)
+		if _, err := m.MoveToHugePages(); err != nil {
+			b.Fatal(err)
+		}
+		for _, batch := range []int{1, 8} {
+			b.Run(fmt.Sprintf("%v/batch%d", dt, batch), func(b *testing.B) {
+				e := cpu.New(m, cpu.Options{})
+				ctx := context.Background()
+				rows := make([]engine.Row, batch)
+				b.SetBytes(m.Bytes())
+				for i := 0; b.Loop(); i++ {
+					if i%56 == 0 {
+						for r := range rows {
+							if rows[r].Seq != nil {
+								rows[r].Seq.Release()
+							}
+							rows[r] = engine.Row{Seq: e.NewSequence(), Tokens: make([]int32, 8), Logits: engine.LogitsNone}
+						}
+						if _, err := e.Forward(ctx, rows); err != nil {
+							b.Fatal(err)
+						}
+						for r := range rows {
+							rows[r].Tokens, rows[r].Logits = []int32{int32(r)}, engine.LogitsLast
+						}
 					}
-					seq = e.NewSequence()
-					if _, err := e.Forward(ctx, []engine.Row{{Seq: seq, Tokens: make([]int32, 8), Logits: engine.LogitsNone}}); err != nil {
+					if _, err := e.Forward(ctx, rows); err != nil {
 						b.Fatal(err)
 					}
 				}
-				if _, err := e.Forward(ctx, []engine.Row{{Seq: seq, Tokens: tok}}); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+			})
+		}
+		m.Close()
 	}
 }
