@@ -297,16 +297,17 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	}
 	st.norm(b.xn, x, L.MLPNorm)
 	st.projs(l, b.xn, projOut{model.Gate, b.g}, projOut{model.Up, b.u})
-	act := silu
-	if cfg.Act == model.GELUTanh {
-		act = geluTanh
-	}
-	// The gated activation runs across the threads: an expf per element is
-	// serial work the size of a small product.
+	// The gated activation runs across the threads (vectorised for SiLU):
+	// an expf per element was, at 8 sequences, a sixth of the products' time.
 	g, u := b.g, b.u
+	gelu := cfg.Act == model.GELUTanh
 	e.pool.run(len(g), max(1024, (len(g)+e.threads-1)/e.threads), func(lo, hi int) {
+		if !gelu {
+			siluMul(g[lo:hi], u[lo:hi])
+			return
+		}
 		for i := lo; i < hi; i++ {
-			g[i] = act(g[i]) * u[i]
+			g[i] = geluTanh(g[i]) * u[i]
 		}
 	})
 	st.projs(l, b.g, projOut{model.Down, b.dn})

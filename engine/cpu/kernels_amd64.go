@@ -62,3 +62,17 @@ func wsumAsm(p, v []float32, ldv int, o []float32) int {
 	}
 	return c
 }
+
+// siluMul sets g[i] = silu(g[i]) * u[i] (len(u) >= len(g)), with the AVX2
+// kernel where the CPU has it: the same bits as the scalar loop.
+func siluMul(g, u []float32) {
+	n := len(g) &^ 7
+	if haveAsm && n > 0 {
+		siluMulAVX(&g[0], &u[0], n)
+	} else {
+		n = 0
+	}
+	for i := n; i < len(g); i++ {
+		g[i] = silu(g[i]) * u[i]
+	}
+}

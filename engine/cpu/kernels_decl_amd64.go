@@ -1097,6 +1097,12 @@ func tileZF16T8R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *f
 //go:noescape
 func sumAVX(x *float32, n int) float32
 
+// siluMulAVX computes gp[i] = silu(gp[i]) * up[i] for i < n&^7, bit for bit
+// as the scalar silu (and expf) does.
+//
+//go:noescape
+func siluMulAVX(gp, up *float32, n int)
+
 // wsumAVX1 computes, for c < 8,
 //
 //	var acc float32

@@ -62,6 +62,7 @@ func main() {
 			}
 		}
 	}
+	bf16Shuffle(&s)
 	for _, d := range dtypes {
 		for P := 1; P <= maxP; P++ {
 			for R := 1; R <= maxRZ; R++ {
@@ -70,6 +71,7 @@ func main() {
 		}
 	}
 	sum(&s, &g)
+	siluMul(&s, &g)
 	for W := 1; W <= 8; W++ {
 		wsum(&s, &g, W)
 	}
@@ -268,7 +270,10 @@ func %s(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ld
 		case "F32":
 			fmt.Fprintf(s, "\tVBROADCASTF32X8 %s, Z%d\n", src, r)
 		case "BF16":
-			fmt.Fprintf(s, "\tVBROADCASTI32X4 %s, Y%d\n\tVPMOVZXWD Y%d, Z%d\n\tVPSLLD $16, Z%d, Z%d\n", src, r, r, r, r, r)
+			// One byte shuffle widens the eight bf16 of both halves to
+			// f32 (bf16<<16, exact); zero-extending and shifting took
+			// two more operations on the same ports as the FMAs.
+			fmt.Fprintf(s, "\tVBROADCASTI32X4 %s, Z%d\n\tVPSHUFB bf16shuf<>(SB), Z%d, Z%d\n", src, r, r, r)
 		case "F16":
 			fmt.Fprintf(s, "\tVBROADCASTI32X4 %s, Y%d\n\tVCVTPH2PS Y%d, Z%d\n", src, r, r, r)
 		}
@@ -385,4 +390,102 @@ func %s(p, v *float32, ldv, n int, o *float32)
 		fmt.Fprintf(s, "\tVMOVUPS Y%d, %d(DI)\n", i, 32*i)
 	}
 	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
+}
+
+// bf16Shuffle writes the VPSHUFB control the AVX-512 bf16 kernels widen
+// weights with. The source holds the same eight bf16 in each 128-bit lane;
+// dword i of lane L becomes bf16 j<<16 with j = i in lanes 0 and 2, i+4 in
+// lanes 1 and 3: lanes 0-7 and 8-15 of the result are elements 0-7, as the
+// pair layout wants. Control bytes with the top bit set write zeros.
+func bf16Shuffle(s *bytes.Buffer) {
+	var b [64]byte
+	for L := 0; L < 4; L++ {
+		for i := 0; i < 4; i++ {
+			j := i + 4*(L%2)
+			o := 16*L + 4*i
+			b[o], b[o+1], b[o+2], b[o+3] = 0x80, 0x80, byte(2*j), byte(2*j+1)
+		}
+	}
+	for q := 0; q < 8; q++ {
+		var v uint64
+		for k := 7; k >= 0; k-- {
+			v = v<<8 | uint64(b[8*q+k])
+		}
+		fmt.Fprintf(s, "DATA bf16shuf<>+%d(SB)/8, $0x%016x\n", 8*q, v)
+	}
+	fmt.Fprintf(s, "GLOBL bf16shuf<>(SB), RODATA|NOPTR, $64\n")
+}
+
+// siluMul writes siluMulAVX, eight lanes of g[i] = silu(g[i])·u[i] with the
+// very operations of the scalar expf and silu (no fused multiply-adds), so
+// its results are theirs bit for bit.
+func siluMul(s, g *bytes.Buffer) {
+	fmt.Fprintf(g, `// siluMulAVX computes gp[i] = silu(gp[i]) * up[i] for i < n&^7, bit for bit
+// as the scalar silu (and expf) does.
+//
+//go:noescape
+func siluMulAVX(gp, up *float32, n int)
+
+`)
+	consts := []struct {
+		name string
+		bits uint32
+	}{
+		{"sign", 0x80000000}, {"log2e", 0x3fb8aa3b}, {"magic", 0x4b400000}, {"ln2hi", 0x3f318000},
+		{"ln2lo", 0xb95e8083}, {"c5", 0x39506967}, {"c4", 0x3ab743ce}, {"c3", 0x3c088908},
+		{"c2", 0x3d2aa9c1}, {"c1", 0x3e2aaaaa}, {"c0", 0x3f000000}, {"one", 0x3f800000},
+		{"hi", 0x42b00000}, {"lo", 0xc2ae999a}, {"inf", 0x7f800000},
+	}
+	off := map[string]int{}
+	for i, c := range consts {
+		off[c.name] = 32 * i
+		for l := 0; l < 4; l++ {
+			fmt.Fprintf(s, "DATA siluc<>+%d(SB)/8, $0x%08x%08x\n", 32*i+8*l, c.bits, c.bits)
+		}
+	}
+	fmt.Fprintf(s, "GLOBL siluc<>(SB), RODATA|NOPTR, $%d\n", 32*len(consts))
+	c := func(name string) string { return fmt.Sprintf("siluc<>+%d(SB)", off[name]) }
+	fmt.Fprintf(s, "\n// func siluMulAVX(gp, up *float32, n int)\nTEXT ·siluMulAVX(SB), NOSPLIT, $0-24\n")
+	fmt.Fprintf(s, "\tMOVQ gp+0(FP), DI\n\tMOVQ up+8(FP), SI\n\tMOVQ n+16(FP), CX\n\tSHRQ $3, CX\n\tJZ silu_done\n")
+	fmt.Fprintf(s, "\tVMOVUPS %s, Y10\n\tVMOVUPS %s, Y11\n\tVMOVUPS %s, Y12\n\tVPXOR Y13, Y13, Y13\n", c("inf"), c("magic"), c("one"))
+	fmt.Fprintf(s, "silu_loop:\n")
+	lines := []string{
+		"VMOVUPS (DI), Y0",                 // x
+		"VXORPS " + c("sign") + ", Y0, Y1", // y = -x
+		// expf(y)
+		"VMULPS " + c("log2e") + ", Y1, Y2",
+		"VADDPS Y11, Y2, Y2", // t = y*log2e + magic
+		"VPSUBD Y11, Y2, Y3", // k = bits(t) - bits(magic)
+		"VSUBPS Y11, Y2, Y4", // fk = t - magic
+		"VMULPS " + c("ln2hi") + ", Y4, Y5",
+		"VSUBPS Y5, Y1, Y5", // r = y - fk*ln2hi
+		"VMULPS " + c("ln2lo") + ", Y4, Y6",
+		"VSUBPS Y6, Y5, Y5", // r -= fk*ln2lo
+		"VMOVUPS " + c("c5") + ", Y6",
+		"VMULPS Y5, Y6, Y6", "VADDPS " + c("c4") + ", Y6, Y6",
+		"VMULPS Y5, Y6, Y6", "VADDPS " + c("c3") + ", Y6, Y6",
+		"VMULPS Y5, Y6, Y6", "VADDPS " + c("c2") + ", Y6, Y6",
+		"VMULPS Y5, Y6, Y6", "VADDPS " + c("c1") + ", Y6, Y6",
+		"VMULPS Y5, Y6, Y6", "VADDPS " + c("c0") + ", Y6, Y6",
+		"VMULPS Y5, Y5, Y7",  // r*r
+		"VMULPS Y7, Y6, Y6",  // p*(r*r)
+		"VADDPS Y5, Y6, Y6",  // + r
+		"VADDPS Y12, Y6, Y6", // + 1
+		"VPSLLD $23, Y3, Y3",
+		"VPADDD Y3, Y6, Y6",                     // scale by 2^k
+		"VCMPPS $0x1e, " + c("hi") + ", Y1, Y8", // y > 88: +Inf
+		"VBLENDVPS Y8, Y10, Y6, Y6",
+		"VCMPPS $0x19, " + c("lo") + ", Y1, Y9", // !(y >= -87.3): 0
+		"VANDNPS Y6, Y9, Y6",
+		// silu(x)·u = x/(1+e)·u
+		"VADDPS Y12, Y6, Y6",
+		"VDIVPS Y6, Y0, Y0",
+		"VMULPS (SI), Y0, Y0",
+		"VMOVUPS Y0, (DI)",
+		"ADDQ $32, DI", "ADDQ $32, SI", "DECQ CX", "JNZ silu_loop",
+	}
+	for _, l := range lines {
+		fmt.Fprintf(s, "\t%s\n", l)
+	}
+	fmt.Fprintf(s, "\tVZEROUPPER\nsilu_done:\n\tRET\n")
 }

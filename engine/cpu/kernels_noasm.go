@@ -40,3 +40,10 @@ func sumLoad(x []float32) float32 {
 func wsumAsm(p, v []float32, ldv int, o []float32) int {
 	panic("cpu: no assembly kernels in this build")
 }
+
+// siluMul sets g[i] = silu(g[i]) * u[i] (len(u) >= len(g)).
+func siluMul(g, u []float32) {
+	for i := range g {
+		g[i] = silu(g[i]) * u[i]
+	}
+}

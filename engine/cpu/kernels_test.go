@@ -205,3 +205,30 @@ func TestExpf(t *testing.T) {
 		t.Fatalf("silu(-200) = %g", s)
 	}
 }
+
+// TestSiluMul holds the vectorised SwiGLU to the scalar silu bit for bit,
+// over a sweep of the input range and its edges (expf's cut-offs, zeros,
+// infinities, NaN), with lengths that leave a scalar tail.
+func TestSiluMul(t *testing.T) {
+	var g []float32
+	for x := float32(-100); x < 100; x += 0.0731 {
+		g = append(g, x)
+	}
+	inf := float32(math.Inf(1))
+	g = append(g, 0, float32(math.Copysign(0, -1)), 88, 88.0001, -88, -88.0001, 87.3, -87.3, 87.2999, 87.3001, 1e-30, -1e-30, inf, -inf, float32(math.NaN()), 3, 5)
+	rng := rand.New(rand.NewPCG(3, 4))
+	u := make([]float32, len(g))
+	for i := range u {
+		u[i] = float32(rng.NormFloat64())
+	}
+	for _, n := range []int{len(g), len(g) - 3, 7, 8, 0} {
+		got := slices.Clone(g[:n])
+		siluMul(got, u)
+		for i, x := range g[:n] {
+			want := silu(x) * u[i]
+			if math.Float32bits(got[i]) != math.Float32bits(want) && !(got[i] != got[i] && want != want) {
+				t.Fatalf("n %d: silu(%g)*%g = %g (%#x), scalar %g (%#x)", n, x, u[i], got[i], math.Float32bits(got[i]), want, math.Float32bits(want))
+			}
+		}
+	}
+}
