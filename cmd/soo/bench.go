@@ -28,32 +28,33 @@ const prefillTokens = 128
 
 // benchResult is the JSON line soo bench --json prints.
 type benchResult struct {
-	Model                  string   `json:"model"`
-	DType                  string   `json:"dtype"`
-	Batch                  int      `json:"batch"`
-	Vocab                  int      `json:"vocab"`
-	Params                 int64    `json:"params"`
-	Threads                int      `json:"threads"`
-	Backend                string   `json:"backend"`
-	WeightBytes            int64    `json:"weight_bytes"`
-	DecodeTokensPerS       float64  `json:"decode_tokens_per_s"`
-	DecodeStepMS           float64  `json:"decode_step_ms"`
-	SingleDecodeTokensPerS float64  `json:"single_decode_tokens_per_s,omitempty"`
-	BatchSpeedup           float64  `json:"batch_speedup,omitempty"`
-	Prefill128S            float64  `json:"prefill_128_s"`
-	BandwidthGBs           float64  `json:"bandwidth_gb_s,omitempty"`
-	BoundTokensPerS        float64  `json:"bandwidth_bound_tokens_per_s,omitempty"`
-	BoundRatio             float64  `json:"bound_ratio,omitempty"`
-	DecodeSteps            int      `json:"decode_steps"`
-	Adapters               int      `json:"adapters,omitempty"`
-	LoRARank               int      `json:"lora_rank,omitempty"`
-	LoRAModules            []string `json:"lora_modules,omitempty"`
-	LoRABaseStepMS         float64  `json:"lora_base_step_ms,omitempty"`
-	LoRAStepMS             float64  `json:"lora_step_ms,omitempty"`
-	LoRAOverhead           float64  `json:"lora_overhead,omitempty"`
-	CPU                    string   `json:"cpu"`
-	GoVersion              string   `json:"go"`
-	Date                   string   `json:"date"`
+	Model                  string    `json:"model"`
+	DType                  string    `json:"dtype"`
+	Batch                  int       `json:"batch"`
+	Vocab                  int       `json:"vocab"`
+	Params                 int64     `json:"params"`
+	Threads                int       `json:"threads"`
+	Backend                string    `json:"backend"`
+	WeightBytes            int64     `json:"weight_bytes"`
+	DecodeTokensPerS       float64   `json:"decode_tokens_per_s"`
+	DecodeStepMS           float64   `json:"decode_step_ms"`
+	SingleDecodeTokensPerS float64   `json:"single_decode_tokens_per_s,omitempty"`
+	BatchSpeedup           float64   `json:"batch_speedup,omitempty"`
+	Prefill128S            float64   `json:"prefill_128_s"`
+	BandwidthGBs           float64   `json:"bandwidth_gb_s,omitempty"`
+	BoundTokensPerS        float64   `json:"bandwidth_bound_tokens_per_s,omitempty"`
+	BoundRatio             float64   `json:"bound_ratio,omitempty"`  // median of the cycles' ratios
+	BoundRatios            []float64 `json:"bound_ratios,omitempty"` // each decode cycle's rate over the bound measured just before it
+	DecodeSteps            int       `json:"decode_steps"`
+	Adapters               int       `json:"adapters,omitempty"`
+	LoRARank               int       `json:"lora_rank,omitempty"`
+	LoRAModules            []string  `json:"lora_modules,omitempty"`
+	LoRABaseStepMS         float64   `json:"lora_base_step_ms,omitempty"`
+	LoRAStepMS             float64   `json:"lora_step_ms,omitempty"`
+	LoRAOverhead           float64   `json:"lora_overhead,omitempty"`
+	CPU                    string    `json:"cpu"`
+	GoVersion              string    `json:"go"`
+	Date                   string    `json:"date"`
 }
 
 func runBench(args []string, stdout, stderr io.Writer) error {
@@ -255,7 +256,11 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 	}
 	r.Prefill128S = median(pre)
 
-	decode := func(batch int, ads []*lora.Adapter) (float64, error) {
+	// decode times steps decode steps of batch sequences (after two
+	// warm-up steps) and returns the median step time. With pause, it is
+	// called (untimed) before the first timed step and after every
+	// len(times)/cycles steps, and the step times are returned per cycle.
+	decodeCycles := func(batch int, ads []*lora.Adapter, cycles int, pause func()) ([][]float64, error) {
 		seqs := make([]engine.Sequence, batch)
 		rows := make([]engine.Row, batch)
 		for i := range seqs {
@@ -272,27 +277,62 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 		}()
 		out, err := ex.Forward(ctx, rows)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		var times []float64
+		per := max(1, steps/cycles)
+		times := make([][]float64, 0, cycles)
 		for step := 0; step < steps+2; step++ {
+			if k := step - 2; k >= 0 && k%per == 0 && len(times) < cycles {
+				if pause != nil {
+					pause()
+				}
+				times = append(times, nil)
+			}
 			for i := range rows {
 				rows[i].Tokens = []int32{argmax(out[i].Logits.Data)}
 			}
 			t0 := time.Now()
 			if out, err = ex.Forward(ctx, rows); err != nil {
-				return 0, err
+				return nil, err
 			}
 			if step >= 2 { // two warm-up steps
-				times = append(times, time.Since(t0).Seconds())
+				times[len(times)-1] = append(times[len(times)-1], time.Since(t0).Seconds())
 			}
 		}
-		return median(times), nil
+		return times, nil
 	}
-	st, err := decode(batch, nil)
+	decode := func(batch int, ads []*lora.Adapter) (float64, error) {
+		t, err := decodeCycles(batch, ads, 1, nil)
+		if err != nil {
+			return 0, err
+		}
+		return median(t[0]), nil
+	}
+	// The main decode run alternates with bandwidth measurements (four
+	// cycles): this host's bandwidth moves by ±25% within seconds, so each
+	// cycle's decode rate is held to the bandwidth measured just before it,
+	// and the bound ratio is the median of the cycles' ratios.
+	const cycles = 4
+	var bws []float64
+	var pause func()
+	if r.BandwidthGBs > 0 {
+		probe := cpu.NewBandwidthProbe(bwBytes)
+		defer probe.Close()
+		pause = func() { bws = append(bws, probe.Measure(threads, 3)/1e9) }
+	}
+	ct, err := decodeCycles(batch, nil, cycles, pause)
 	if err != nil {
 		return nil, err
 	}
+	var all, ratios []float64
+	for c, t := range ct {
+		all = append(all, t...)
+		if c < len(bws) {
+			bound := float64(batch) * bws[c] * 1e9 / float64(r.WeightBytes)
+			ratios = append(ratios, float64(batch)/median(t)/bound)
+		}
+	}
+	st := median(all)
 	if len(adapters) > 0 {
 		// Base and adapters alternate, three runs each, so both see the same
 		// machine; the medians are compared.
@@ -326,9 +366,13 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 		r.BatchSpeedup = r.DecodeTokensPerS / r.SingleDecodeTokensPerS
 	}
 	if r.BandwidthGBs > 0 {
-		// One step streams every projection and the LM head once for all rows.
+		// One step streams every projection and the LM head once for all
+		// rows. The bandwidth reported is the median of the measurement
+		// before prefill and those between decode cycles.
+		r.BandwidthGBs = median(append(bws, r.BandwidthGBs))
 		r.BoundTokensPerS = float64(batch) * r.BandwidthGBs * 1e9 / float64(r.WeightBytes)
-		r.BoundRatio = r.DecodeTokensPerS / r.BoundTokensPerS
+		r.BoundRatio = median(ratios)
+		r.BoundRatios = ratios
 	}
 	return r, nil
 }

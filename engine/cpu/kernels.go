@@ -396,17 +396,45 @@ func softcap(x, c float32) float32 {
 // moved there (model.MoveToHugePages), so the bound it gives is the one
 // such weights can reach.
 func ReadBandwidth(size int64, threads, passes int) float64 {
-	threads = max(threads, 1)
-	var buf []float32
+	p := NewBandwidthProbe(size)
+	defer p.Close()
+	return p.Measure(threads, passes)
+}
+
+// BandwidthProbe measures read bandwidth repeatedly over one buffer, so
+// measurements between other work do not allocate and fault in a new one.
+type BandwidthProbe struct {
+	buf    []float32
+	region *hugepages.Region
+}
+
+// NewBandwidthProbe allocates a probe over size bytes (in huge pages where
+// the system has them).
+func NewBandwidthProbe(size int64) *BandwidthProbe {
+	p := &BandwidthProbe{}
 	if r, err := hugepages.Alloc(int(size/4) * 4); err == nil && size >= 4 {
-		defer r.Free()
-		buf = unsafe.Slice((*float32)(unsafe.Pointer(&r.Bytes[0])), size/4)
+		p.region = r
+		p.buf = unsafe.Slice((*float32)(unsafe.Pointer(&r.Bytes[0])), size/4)
 	} else {
-		buf = make([]float32, size/4)
+		p.buf = make([]float32, size/4)
 	}
-	for i := range buf {
-		buf[i] = 1
+	for i := range p.buf {
+		p.buf[i] = 1
 	}
+	return p
+}
+
+// Close frees the probe's buffer.
+func (p *BandwidthProbe) Close() error {
+	p.buf = nil
+	return p.region.Free()
+}
+
+// Measure returns the best read bandwidth, in bytes per second, of passes
+// passes of threads goroutines each summing their share of the buffer.
+func (p *BandwidthProbe) Measure(threads, passes int) float64 {
+	threads = max(threads, 1)
+	buf := p.buf
 	chunk := (len(buf) + threads - 1) / threads
 	best := 0.0
 	var sink atomic.Uint32
