@@ -30,13 +30,16 @@ const maxT, maxR = 4, 3
 // AVX-512 tile.
 const maxP, maxRZ = 4, 6
 
-// prefetchIters is how many loop iterations ahead the weights are prefetched
-// in software; negative means no software prefetch. The executor arranges
-// the rows of a tile as long sequential streams (see gemm), which the
-// hardware prefetcher follows better than software hints: measured on this
-// project's 2-core EPYC, a 1-token product over a 113 MB matrix streamed at
-// 28 GB/s per core without hints against 22–27 GB/s with them.
-var prefetchIters = -1
+// prefetchAhead is how many bytes ahead the AVX2 kernels prefetch each
+// weight row in software, by weight type (0: no software prefetch). A
+// decode step's products are short (a layer's matrix split in two), so the
+// hardware prefetcher is still ramping up when a stream ends; with the hint,
+// a SmolLM2-135M decode step (BenchmarkDecodeStep, weights in huge pages,
+// 3 alternating runs) took f32 10.3–10.8 ms against 12.1–14.8 without it,
+// bf16 6.0–6.5 against 7.3–8.6. (Before the weights were in huge pages and
+// the products split one chunk per thread, hints had slowed a single long
+// stream: 22–27 against 28 GB/s per core.)
+var prefetchAhead = map[string]int{"F32": 1536, "BF16": 3072, "F16": 3072}
 
 // prefetchZ is how many bytes ahead the AVX-512 kernels prefetch each weight
 // row (0: no software prefetch). Their loop is long enough that the
@@ -46,8 +49,12 @@ var prefetchIters = -1
 var prefetchZ = 1024
 
 func main() {
-	if v := os.Getenv("PREFETCH"); v != "" {
-		fmt.Sscan(v, &prefetchIters)
+	for d := range prefetchAhead {
+		if v := os.Getenv("PREFETCH_" + d); v != "" {
+			var n int
+			fmt.Sscan(v, &n)
+			prefetchAhead[d] = n
+		}
 	}
 	if v := os.Getenv("PREFETCHZ"); v != "" {
 		fmt.Sscan(v, &prefetchZ)
@@ -166,10 +173,10 @@ func %s(w unsafe.Pointer, ldw int, x *float32, ldx int, k int, out *float32, ldo
 	}
 	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ %s_reduce\n", name)
 	fmt.Fprintf(s, "%s_loop:\n", name)
-	for r := 0; r < R && prefetchIters >= 0; r++ {
+	for r := 0; r < R && prefetchAhead[d.name] > 0; r++ {
 		// Software prefetch: the out-of-order window alone keeps too few
 		// cache lines in flight to stream weights at full bandwidth.
-		fmt.Fprintf(s, "\tPREFETCHT0 %d(%s)(BX*1)\n", prefetchIters*8*d.esize, rowRegs[r])
+		fmt.Fprintf(s, "\tPREFETCHT0 %d(%s)(BX*1)\n", prefetchAhead[d.name], rowRegs[r])
 	}
 	for r := 0; r < R; r++ {
 		wr := fmt.Sprintf("Y%d", 12+r)
