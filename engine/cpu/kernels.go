@@ -75,7 +75,9 @@ type pairs struct {
 
 // pack returns x's pairs for this kernel set, or nil where the set has no
 // pair kernels or there is no pair to pack. buf is reused when large enough.
-func (ks kernelSet) pack(x []float32, ldx, n, in int, buf []float32) *pairs {
+// fill, if not nil, runs the packing of pairs [q0, q1) ranges of [0, np)
+// (across threads); nil packs them all here.
+func (ks kernelSet) pack(x []float32, ldx, n, in int, buf []float32, fill func(np int, f func(q0, q1 int))) *pairs {
 	k8 := in &^ 7
 	if !ks.avx512 || n < 2 || k8 == 0 {
 		return nil
@@ -85,7 +87,18 @@ func (ks kernelSet) pack(x []float32, ldx, n, in int, buf []float32) *pairs {
 		buf = make([]float32, np*2*k8)
 	}
 	p := &pairs{data: buf[:np*2*k8], k8: k8}
-	for q := range np {
+	if fill != nil {
+		fill(np, func(q0, q1 int) { p.fill(x, ldx, q0, q1) })
+	} else {
+		p.fill(x, ldx, 0, np)
+	}
+	return p
+}
+
+// fill packs pairs [q0, q1) of x into p.
+func (p *pairs) fill(x []float32, ldx, q0, q1 int) {
+	k8 := p.k8
+	for q := q0; q < q1; q++ {
 		x0, x1 := x[2*q*ldx:2*q*ldx+k8], x[(2*q+1)*ldx:(2*q+1)*ldx+k8]
 		dst := p.data[q*2*k8 : (q+1)*2*k8]
 		for c := 0; c < k8; c += 8 {
@@ -96,7 +109,6 @@ func (ks kernelSet) pack(x []float32, ldx, n, in int, buf []float32) *pairs {
 			}
 		}
 	}
-	return p
 }
 
 // wmat is a strided view of a weight matrix: row r starts at element r*ld of
