@@ -106,8 +106,7 @@ type step struct {
 	rows    []engine.Row
 	seqs    []*Sequence
 	off     []int // first token of row i in the flattened batch
-	warm    [][]float32
-	n       int // total tokens
+	n       int   // total tokens
 	cos     []float32
 	sin     []float32
 	outs    []engine.Output
@@ -268,16 +267,7 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	L := &e.m.Layers[l]
 	d, N := cfg.Hidden, st.n
 	st.norm(b.xn, x, L.AttnNorm)
-	// The weights streamed since the last step pushed this layer's KV cache
-	// out of the caches: the q/k/v product reads it back in alongside its
-	// weights, so the appends and attention below find it cached instead of
-	// waiting on memory (decode: KV appends 9 -> 3 µs a layer).
-	st.warm = st.warm[:0]
-	for _, s := range st.seqs {
-		n := min(cap(s.k[l]), (s.n+st.n)*cfg.KVDim())
-		st.warm = append(st.warm, s.k[l][:n], s.v[l][:n])
-	}
-	st.projsWarm(l, b.xn, st.warm, projOut{model.Q, b.q}, projOut{model.K, b.k}, projOut{model.V, b.v})
+	st.projs(l, b.xn, projOut{model.Q, b.q}, projOut{model.K, b.k}, projOut{model.V, b.v})
 	st.applyRope(b.q, b.k)
 	kv := cfg.KVDim()
 	for i, r := range st.rows {
@@ -338,19 +328,13 @@ type projOut struct {
 // projs computes out = x·Wᵀ + b for the given modules of layer l over all
 // tokens (one parallel job), then adds each row's LoRA updates.
 func (st *step) projs(l int, x []float32, outs ...projOut) {
-	st.projsWarm(l, x, nil, outs...)
-}
-
-// projsWarm is projs that also reads the warm slices into the cache, as
-// parts of the same parallel job.
-func (st *step) projsWarm(l int, x []float32, warm [][]float32, outs ...projOut) {
 	var buf [3]mmJob
 	jobs := buf[:0]
 	for _, po := range outs {
 		lin := &st.e.m.Layers[l].Proj[po.mod]
 		jobs = append(jobs, mmJob{w: &lin.W, bias: lin.Bias, out: po.out})
 	}
-	st.e.matmuls(x, st.n, warm, jobs...)
+	st.e.matmuls(x, st.n, jobs...)
 	// Each row's LoRA updates, one task per (row, module), across the threads.
 	type task struct {
 		p   *lora.Pair
@@ -441,7 +425,7 @@ func pairsPay(jobs []mmJob, in int) bool {
 // weight rows across the executor's threads in chunks of whole tiles. Every
 // output element is summed in the same order whatever n and the split.
 func (e *Executor) matmul(w *model.Matrix, bias, x []float32, n int, out []float32) {
-	e.matmuls(x, n, nil, mmJob{w: w, bias: bias, out: out})
+	e.matmuls(x, n, mmJob{w: w, bias: bias, out: out})
 }
 
 // mmJob is one product of matmuls: out[n, w.Rows] = x·wᵀ (+ bias).
@@ -451,11 +435,7 @@ type mmJob struct {
 	out  []float32
 }
 
-// warmChunk is how many floats of a warm slice one chunk of matmuls reads.
-const warmChunk = 16 << 10
-
-// mmChunk is a range of one job's weight rows, the unit a thread claims (a
-// negative job -1-i is elements [r0, r1) of warm slice i).
+// mmChunk is a range of one job's weight rows, the unit a thread claims.
 type mmChunk struct{ job, r0, r1 int }
 
 // matmuls runs several products over the same input x[n, in] (q/k/v, or
@@ -463,9 +443,8 @@ type mmChunk struct{ job, r0, r1 int }
 // once per matrix. A prefill splits the rows into about 8 chunks per thread of
 // at least 64K multiply-adds; a batched decode step (n ≤ smallBatch tokens)
 // into about 3 per thread and a single token's into one, so each chunk reads
-// its weights as long sequential streams (see gemm). The warm slices are read into the cache by chunks
-// of the same job, claimed first.
-func (e *Executor) matmuls(x []float32, n int, warm [][]float32, jobs ...mmJob) {
+// its weights as long sequential streams (see gemm).
+func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	if n == 0 {
 		return
 	}
@@ -494,11 +473,6 @@ func (e *Executor) matmuls(x []float32, n int, warm [][]float32, jobs ...mmJob) 
 	grain = max(tileR, grain/tileR*tileR)
 	var buf [32]mmChunk
 	chunks := buf[:0]
-	for i, w := range warm {
-		for lo := 0; lo < len(w); lo += warmChunk {
-			chunks = append(chunks, mmChunk{-1 - i, lo, min(lo+warmChunk, len(w))})
-		}
-	}
 	for ji, j := range jobs {
 		for r := 0; r < j.w.Rows; {
 			r1 := min(r+grain, j.w.Rows)
@@ -524,10 +498,6 @@ func (e *Executor) matmuls(x []float32, n int, warm [][]float32, jobs ...mmJob) 
 	}
 	e.pool.run(len(chunks), 1, func(c0, c1 int) {
 		for _, c := range chunks[c0:c1] {
-			if c.job < 0 {
-				sumLoad(warm[-1-c.job][c.r0:c.r1])
-				continue
-			}
 			j := jobs[c.job]
 			native.gemm(matrixView(j.w), j.bias, x, in, n, in, j.out[c.r0:], j.w.Rows, c.r0, c.r1, xp)
 		}
