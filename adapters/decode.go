@@ -44,29 +44,26 @@ func decodeFinite(key string, t safetensors.Tensor, alias bool) ([]float32, erro
 		}
 		return out, nil
 	case safetensors.BF16:
-		out := make([]float32, n)
-		d = d[:2*n]
-		for i := range out {
-			u := binary.LittleEndian.Uint16(d[2*i:])
-			if u&0x7f80 == 0x7f80 {
-				return nil, nonFinite(safetensors.BF16ToF32(u))
-			}
-			out[i] = safetensors.BF16ToF32(u)
-		}
-		return out, nil
+		return decode16(d, n, 0x7f80, safetensors.BF16ToF32, nonFinite)
 	case safetensors.F16:
-		out := make([]float32, n)
-		d = d[:2*n]
-		for i := range out {
-			u := binary.LittleEndian.Uint16(d[2*i:])
-			if u&0x7c00 == 0x7c00 {
-				return nil, nonFinite(safetensors.F16ToF32(u))
-			}
-			out[i] = safetensors.F16ToF32(u)
-		}
-		return out, nil
+		return decode16(d, n, 0x7c00, safetensors.F16ToF32, nonFinite)
 	}
 	return nil, invalid("adapters: %s has dtype %s (supported: F32, F16, BF16)", key, t.DType)
+}
+
+// decode16 converts n little-endian 16-bit floats with conv, failing on the
+// first whose exponent bits (exp) are all set: an infinity or NaN.
+func decode16(d []byte, n int, exp uint16, conv func(uint16) float32, nonFinite func(float32) error) ([]float32, error) {
+	out := make([]float32, n)
+	d = d[:2*n]
+	for i := range out {
+		u := binary.LittleEndian.Uint16(d[2*i:])
+		if u&exp == exp {
+			return nil, nonFinite(conv(u))
+		}
+		out[i] = conv(u)
+	}
+	return out, nil
 }
 
 // nativeLittleEndian reports whether the machine stores numbers little-endian

@@ -89,6 +89,7 @@ func LoadBase(dir string, opts LoadOptions) (*Base, error) {
 	}
 	cex := cpu.New(m, cpu.Options{Threads: opts.Threads, MaxContext: ctxLen})
 	var ex engine.Executor = cex
+	var trainer *cpu.Executor // training's executor when requests run on another
 	var closeEx func() error
 	switch opts.Backend {
 	case "", "cpu":
@@ -98,7 +99,7 @@ func LoadBase(dir string, opts LoadOptions) (*Base, error) {
 			m.Close()
 			return nil, fmt.Errorf("load model %s: backend %s: %w", dir, opts.Backend, err)
 		}
-		ex, closeEx = xe, xe.Close
+		ex, trainer, closeEx = xe, cex, xe.Close
 		opts.Logger.Info("executor", "backend", xe.Backend(), "note", "no KV cache: each step recomputes the sequence; training runs on the cpu executor")
 	}
 	b, err := NewBase(id, dir, ex, tok, tpl, opts, ctxLen)
@@ -110,8 +111,7 @@ func LoadBase(dir string, opts LoadOptions) (*Base, error) {
 		return nil, err
 	}
 	b.Bytes = m.Bytes()
-	b.trainer = cex
-	b.closeEx = closeEx
+	b.trainer, b.closeEx = trainer, closeEx
 	return b, nil
 }
 

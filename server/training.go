@@ -224,9 +224,10 @@ func (s *Server) jobEvents(c *fiber.Ctx) error {
 var ErrNoRegistry = errors.New("adapter registry not available: the trained adapter cannot be registered")
 
 // TrainingEnv builds the environment of SOO training jobs on b: its cpu
-// executor (a cpu executor over the same weights when b serves on xla), tokenization raw or through its chat template (one user turn
-// with the generation prompt), the latent-SOO probe pairs for the overlap
-// before and after, and the base's id and directory. Register returns
+// executor (a cpu executor over the same weights when b serves on xla),
+// tokenization raw or through its chat template (one user turn with the
+// generation prompt), the latent-SOO probe pairs for the overlap before and
+// after, and the base's id and directory. Register returns
 // ErrNoRegistry: set it to the adapter registry's registration.
 func TrainingEnv(ctx context.Context, b *Base) (training.Env, error) {
 	ex, ok := b.Sched.Executor().(*cpu.Executor)

@@ -256,10 +256,10 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 	}
 	r.Prefill128S = median(pre)
 
-	// decode times steps decode steps of batch sequences (after two
-	// warm-up steps) and returns the median step time. With pause, it is
-	// called (untimed) before the first timed step and after every
-	// len(times)/cycles steps, and the step times are returned per cycle.
+	// decodeCycles times steps decode steps of batch sequences (after two
+	// warm-up steps) and returns their times in cycles groups of
+	// steps/cycles; pause, if not nil, runs untimed before each group.
+	// decode is one group's median.
 	decodeCycles := func(batch int, ads []*lora.Adapter, cycles int, pause func()) ([][]float64, error) {
 		seqs := make([]engine.Sequence, batch)
 		rows := make([]engine.Row, batch)

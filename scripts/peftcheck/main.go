@@ -68,26 +68,19 @@ func run(out, testdata string) error {
 		a := synth.Adapter(m.Config, s.name, s.rank, s.modules, uint64(i+1))
 		// Larger weights than synth's, so the adapter moves the logits well
 		// above float32 noise and a wrong scale or transpose shows.
+		a.RSLoRA = s.rslora
 		for _, mods := range a.Layers {
 			for _, p := range mods {
-				if p != nil {
-					for j := range p.A {
-						p.A[j] *= 10
-					}
-					for j := range p.B {
-						p.B[j] *= 10
-					}
+				if p == nil {
+					continue
 				}
-			}
-		}
-		if s.rslora {
-			a.RSLoRA = true
-			for _, mods := range a.Layers {
-				for _, p := range mods {
-					if p != nil {
-						p.Scale = lora.Scale(a.Alpha, a.Rank, true)
-					}
+				for j := range p.A {
+					p.A[j] *= 10
 				}
+				for j := range p.B {
+					p.B[j] *= 10
+				}
+				p.Scale = lora.Scale(a.Alpha, a.Rank, a.RSLoRA)
 			}
 		}
 		adir := filepath.Join(out, s.name)
