@@ -66,18 +66,21 @@ const tileP, tileRZ = 4, 6
 
 // pairs is an input x[n, in] packed for the AVX-512 kernels: pair q (tokens
 // 2q and 2q+1) at data[q*2*k8:], its chunk c (elements 8c..8c+7 of both
-// tokens, side by side) at data[q*2*k8+16c:]. A trailing odd token is not
-// packed.
+// tokens, side by side) at data[q*2*k8+16c:]. With perm, each token's eight
+// elements of a chunk come in the order 0,2,4,6,1,3,5,7, the order the bf16
+// kernels widen weights in. A trailing odd token is not packed.
 type pairs struct {
 	data []float32
 	k8   int
+	perm bool
 }
 
-// pack returns x's pairs for this kernel set, or nil where the set has no
-// pair kernels or there is no pair to pack. buf is reused when large enough.
-// fill, if not nil, runs the packing of pairs [q0, q1) ranges of [0, np)
-// (across threads); nil packs them all here.
-func (ks kernelSet) pack(x []float32, ldx, n, in int, buf []float32, fill func(np int, f func(q0, q1 int))) *pairs {
+// pack returns x's pairs for this kernel set and weights of type dt (a dt*
+// index), or nil where the set has no pair kernels or there is no pair to
+// pack. buf is reused when large enough. fill, if not nil, runs the packing
+// of pairs [q0, q1) ranges of [0, np) (across threads); nil packs them all
+// here.
+func (ks kernelSet) pack(x []float32, ldx, n, in, dt int, buf []float32, fill func(np int, f func(q0, q1 int))) *pairs {
 	k8 := in &^ 7
 	if !ks.avx512 || n < 2 || k8 == 0 {
 		return nil
@@ -86,7 +89,7 @@ func (ks kernelSet) pack(x []float32, ldx, n, in int, buf []float32, fill func(n
 	if cap(buf) < np*2*k8 {
 		buf = make([]float32, np*2*k8)
 	}
-	p := &pairs{data: buf[:np*2*k8], k8: k8}
+	p := &pairs{data: buf[:np*2*k8], k8: k8, perm: dt == dtBF16}
 	if fill != nil {
 		fill(np, func(q0, q1 int) { p.fill(x, ldx, q0, q1) })
 	} else {
@@ -98,14 +101,21 @@ func (ks kernelSet) pack(x []float32, ldx, n, in int, buf []float32, fill func(n
 // fill packs pairs [q0, q1) of x into p.
 func (p *pairs) fill(x []float32, ldx, q0, q1 int) {
 	k8 := p.k8
+	var order [8]int // element of a chunk in each lane
+	for i := range order {
+		order[i] = i
+		if p.perm {
+			order[i] = i%4*2 + i/4
+		}
+	}
 	for q := q0; q < q1; q++ {
 		x0, x1 := x[2*q*ldx:2*q*ldx+k8], x[(2*q+1)*ldx:(2*q+1)*ldx+k8]
 		dst := p.data[q*2*k8 : (q+1)*2*k8]
 		for c := 0; c < k8; c += 8 {
 			d, a, b := dst[2*c:2*c+16:2*c+16], x0[c:c+8:c+8], x1[c:c+8:c+8]
-			for i := range 8 {
-				d[i] = a[i]
-				d[8+i] = b[i]
+			for i, e := range order {
+				d[i] = a[e&7]
+				d[8+i] = b[e&7]
 			}
 		}
 	}
@@ -171,6 +181,9 @@ func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float3
 	// six rows per AVX-512 tile, reusing each input load twice as often, win
 	// (8-sequence decode: bf16 476–496 -> 522–537 tok/s, f32 320–362 ->
 	// 368–391, same runs).
+	if xp != nil && xp.perm != (w.dt == dtBF16) {
+		xp = nil // packed for weights of another type
+	}
 	RT := tileR
 	if xp != nil && n > tileT {
 		RT = tileRZ

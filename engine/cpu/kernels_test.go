@@ -95,7 +95,7 @@ func TestGemmMatchesReference(t *testing.T) {
 			got := map[string][]float32{}
 			for name, ks := range sets {
 				out := make([]float32, n*rows)
-				ks.gemm(matrixView(w), bias, x, in, n, in, out, rows, 0, rows, ks.pack(x, in, n, in, nil, nil))
+				ks.gemm(matrixView(w), bias, x, in, n, in, out, rows, 0, rows, ks.pack(x, in, n, in, dtIndex(dt), nil, nil))
 				got[name] = out
 				for i, v := range out {
 					if d := math.Abs(float64(v) - want[i]); d > 1e-5*math.Sqrt(float64(in))*4 {
@@ -128,18 +128,18 @@ func TestGemmBatchInvariant(t *testing.T) {
 			w := randMatrix(rng, dt, rows, in)
 			x := randVec(rng, n*in)
 			full := make([]float32, n*rows)
-			ks.gemm(matrixView(w), nil, x, in, n, in, full, rows, 0, rows, ks.pack(x, in, n, in, nil, nil))
+			ks.gemm(matrixView(w), nil, x, in, n, in, full, rows, 0, rows, ks.pack(x, in, n, in, dtIndex(dt), nil, nil))
 			for tok := 0; tok < n; tok += 7 {
 				alone := make([]float32, rows)
-				ks.gemm(matrixView(w), nil, x[tok*in:], in, 1, in, alone, rows, 0, rows, ks.pack(x[tok*in:], in, 1, in, nil, nil))
+				ks.gemm(matrixView(w), nil, x[tok*in:], in, 1, in, alone, rows, 0, rows, ks.pack(x[tok*in:], in, 1, in, dtIndex(dt), nil, nil))
 				if !slices.Equal(alone, full[tok*rows:(tok+1)*rows]) {
 					t.Fatalf("%s %v: token %d alone differs from batched", name, dt, tok)
 				}
 			}
 			// A different split of the rows (offset by one) gives the same bits.
 			part := make([]float32, n*rows)
-			ks.gemm(matrixView(w), nil, x, in, n, in, part, rows, 0, 1, ks.pack(x, in, n, in, nil, nil))
-			ks.gemm(matrixView(w), nil, x, in, n, in, part[1:], rows, 1, rows, ks.pack(x, in, n, in, nil, nil))
+			ks.gemm(matrixView(w), nil, x, in, n, in, part, rows, 0, 1, ks.pack(x, in, n, in, dtIndex(dt), nil, nil))
+			ks.gemm(matrixView(w), nil, x, in, n, in, part[1:], rows, 1, rows, ks.pack(x, in, n, in, dtIndex(dt), nil, nil))
 			if !slices.Equal(part, full) {
 				t.Fatalf("%s %v: row split changes results", name, dt)
 			}
