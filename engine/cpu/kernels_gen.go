@@ -311,28 +311,75 @@ func %s(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ld
 	}
 	fmt.Fprintf(s, "\tDECQ CX\n\tJNZ %s_loop\n", name)
 	fmt.Fprintf(s, "%s_reduce:\n\tMOVQ ldo+48(FP), BX\n\tSHLQ $2, BX\n\tMOVQ ldr+64(FP), AX\n\tSHLQ $2, AX\n", name)
+	fmt.Fprintf(s, "\tLEAQ (AX)(AX*2), CX\n\tLEAQ (AX)(AX*4), SI\n") // 3 and 5 rows on
 	if d.name == "BF16" {
 		fmt.Fprintf(s, "\tVMOVDQU32 bf16unperm<>(SB), Z3\n")
 	}
 	for q := 0; q < P; q++ {
-		// R11 walks token 2q's outputs, DI token 2q+1's.
-		fmt.Fprintf(s, "\tMOVQ R14, R11\n\tLEAQ (R14)(BX*1), DI\n")
-		for r := 0; r < R; r++ {
-			i := acc(q, r)
+		// R14 is token 2q's outputs, DI token 2q+1's.
+		fmt.Fprintf(s, "\tLEAQ (R14)(BX*1), DI\n")
+		regs := make([]int, R)
+		for r := range regs {
+			regs[r] = acc(q, r)
 			if d.name == "BF16" { // lanes back in element order
-				fmt.Fprintf(s, "\tVPERMPS Z%d, Z3, Z%d\n", i, i)
-			}
-			fmt.Fprintf(s, "\tVEXTRACTF32X8 $0, Z%d, Y0\n\tVEXTRACTF32X8 $1, Z%d, Y1\n", i, i)
-			reduce8(s, 0, 2, "(R11)")
-			reduce8(s, 1, 2, "(DI)")
-			if r < R-1 {
-				fmt.Fprintf(s, "\tADDQ AX, R11\n\tADDQ AX, DI\n")
+				fmt.Fprintf(s, "\tVPERMPS Z%d, Z3, Z%d\n", regs[r], regs[r])
 			}
 		}
+		reducePair(s, regs)
 		fmt.Fprintf(s, "\tLEAQ (R14)(BX*2), R14\n\tADDQ DX, R12\n")
 	}
 	fmt.Fprintf(s, "\tDECQ R13\n\tJNZ %s_outer\n", name)
 	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
+}
+
+// reducePair writes the reduction of one token pair's accumulators (regs[r]
+// for weight row r < 6: lanes 0-7 token 2q's, 8-15 token 2q+1's, in element
+// order) and stores the sums at (R14) + r*AX for token 2q and (DI) + r*AX
+// for token 2q+1 (CX = 3*AX, SI = 5*AX). Every sum is reduce8's, the same
+// adds of the same lanes, but each shuffle and add serves several
+// accumulators at once instead of one.
+//
+// Level 1 adds each group's high four lanes to its low four for two
+// accumulators at once (a_i = l_i + l_{i+4}), level 2 forms a_0+a_2 and
+// a_1+a_3 for two level-1 results at once, level 3 their sum. Sum r of
+// token g ends in 128-bit lane 2*(r%2)+g of Z0, element r/2. A missing
+// partner at any level is the register itself; its sums are not stored.
+func reducePair(s *bytes.Buffer, regs []int) {
+	level := func(in []int, imm1, imm2 int, op string) []int {
+		var out []int
+		for k := 0; k < len(in); k += 2 {
+			a, b := in[k], in[k]
+			if k+1 < len(in) {
+				b = in[k+1]
+			}
+			fmt.Fprintf(s, "\t%s $0x%02x, Z%d, Z%d, Z0\n\t%s $0x%02x, Z%d, Z%d, Z1\n\tVADDPS Z1, Z0, Z%d\n", op, imm1, b, a, op, imm2, b, a, a)
+			out = append(out, a)
+		}
+		return out
+	}
+	l1 := level(regs, 0x88, 0xdd, "VSHUFF32X4") // lanes [A.0, A.2, B.0, B.2] + [A.1, A.3, B.1, B.3]
+	l2 := level(l1, 0x44, 0xee, "VSHUFPS")      // [P.0, P.1, Q.0, Q.1] + [P.2, P.3, Q.2, Q.3]
+	if len(l2) == 1 {
+		l2 = append(l2, l2[0])
+	}
+	// [S.0, S.2, T.0, T.2] + [S.1, S.3, T.1, T.3], into Z0
+	fmt.Fprintf(s, "\tVSHUFPS $0x88, Z%d, Z%d, Z0\n\tVSHUFPS $0xdd, Z%d, Z%d, Z1\n\tVADDPS Z1, Z0, Z0\n", l2[1], l2[0], l2[1], l2[0])
+	rowAt := []string{"", "(AX*1)", "(AX*2)", "(CX*1)", "(AX*4)", "(SI*1)"}
+	for lane := 0; lane < 4; lane++ {
+		x := "X0"
+		if lane > 0 {
+			fmt.Fprintf(s, "\tVEXTRACTF32X4 $%d, Z0, X1\n", lane)
+			x = "X1"
+		}
+		base := []string{"(R14)", "(DI)"}[lane%2]
+		for r := lane / 2; r < len(regs); r += 2 {
+			if e := r / 2; e == 0 {
+				fmt.Fprintf(s, "\tVMOVSS %s, %s%s\n", x, base, rowAt[r])
+			} else {
+				fmt.Fprintf(s, "\tVEXTRACTPS $%d, %s, %s%s\n", e, x, base, rowAt[r])
+			}
+		}
+	}
 }
 
 func sum(s, g *bytes.Buffer) {

@@ -232,3 +232,41 @@ func TestSiluMul(t *testing.T) {
 		}
 	}
 }
+
+// TestTileZEveryShape runs every AVX-512 pair kernel (1-4 pairs × 1-6 rows,
+// one and two tiles) with strided rows and outputs, and checks each sum is
+// the AVX2 kernel's bit for bit and nothing else in out is written.
+func TestTileZEveryShape(t *testing.T) {
+	if !haveAVX512 {
+		t.Skip("no AVX-512 on this machine")
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	avx2, avx512 := kernelSet{asm: true}, kernelSet{asm: true, avx512: true}
+	const in, rs, ldo = 40, 3, 29 // rows rs apart, outputs ldo apart per token
+	for _, dt := range dtypes {
+		w := randMatrix(rng, dt, 6*rs, in)
+		wv := matrixView(w)
+		for P := 1; P <= tileP; P++ {
+			for R := 1; R <= tileRZ; R++ {
+				for nt := 1; nt <= 2; nt++ {
+					n := 2 * P * nt
+					x := randVec(rng, n*in)
+					xp := avx512.pack(x, in, n, in, dtIndex(dt), nil, nil)
+					got := make([]float32, n*ldo)
+					want := make([]float32, n*ldo)
+					for i := range got {
+						got[i] = -1e30 // never a sum here
+						want[i] = -1e30
+					}
+					avx512.tileZ(&wv, 0, R, rs, xp, 0, P, nt, got, ldo)
+					for rr := 0; rr < R; rr += tileR {
+						avx2.tile(&wv, rr*rs, min(tileR, R-rr), rs, x, in, 0, 1, n, in&^7, want[rr*rs:], ldo)
+					}
+					if !slices.Equal(got, want) {
+						t.Fatalf("%v P=%d R=%d nt=%d: pair kernel\n%v\nwant\n%v", dt, P, R, nt, got, want)
+					}
+				}
+			}
+		}
+	}
+}
