@@ -81,6 +81,12 @@ type Row struct {
 	Adapter *lora.Adapter // nil for the base model
 	Capture *Capture      // nil for none
 	Logits  LogitsMode
+	// LogitsBuf, where its capacity holds the row's logits, receives them
+	// (Output.Logits.Data is then a prefix of it), so a caller that is done
+	// with a step's logits before the next step can reuse one buffer per
+	// sequence instead of garbage per step. Nil, or too small: the
+	// executor allocates. Executors may ignore it.
+	LogitsBuf []float32
 }
 
 // Tensor2D is a dense row-major [Rows, Cols] float32 matrix.

@@ -265,7 +265,8 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 		rows := make([]engine.Row, batch)
 		for i := range seqs {
 			seqs[i] = ex.NewSequence()
-			rows[i] = engine.Row{Seq: seqs[i], Tokens: prompt(8)}
+			// Each row's logits reuse one buffer, as the scheduler's do.
+			rows[i] = engine.Row{Seq: seqs[i], Tokens: prompt(8), LogitsBuf: make([]float32, cfg.VocabSize)}
 			if len(ads) > 0 {
 				rows[i].Adapter = ads[i%len(ads)]
 			}

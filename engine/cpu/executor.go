@@ -36,7 +36,8 @@ type Executor struct {
 	invFreq  []float64
 	wT       *transposeCache // transposed weights for the training backward pass, built on first use
 	pool     *workerPool
-	packBufs bufList // buffers for inputs packed in pairs
+	packBufs bufList    // buffers for inputs packed in pairs
+	bufs     bufferPool // step scratch
 }
 
 // New returns an executor for m.
@@ -98,6 +99,27 @@ func (s *Sequence) Truncate(n int) {
 		s.v[l] = s.v[l][:n*kv]
 	}
 	s.n = n
+}
+
+// minKVPositions is the fewest positions a layer's K or V cache is
+// allocated for.
+const minKVPositions = 64
+
+// growKV returns buf[:n] with room for add more elements: when it has none,
+// a copy in a buffer of twice the capacity (at least minKVPositions
+// positions of kv elements, and at least n+add). append's own growth adds a
+// quarter at these sizes, so a decoding batch reallocated its 2 × layers
+// caches every few steps, and the fresh memory's page faults and the
+// garbage collections they brought cost more than the steps' products: an
+// 8-sequence bf16 decode step of the 135M shape took 14.7 ms that way
+// against 12.1 (blocks of 48 steps alternating in one process).
+func growKV(buf []float32, n, add, kv int) []float32 {
+	if need := n + add; need > cap(buf) {
+		nb := make([]float32, n, max(2*cap(buf), need, minKVPositions*kv))
+		copy(nb, buf[:n])
+		return nb
+	}
+	return buf[:n]
 }
 
 // step is the working state of one Forward call.
@@ -199,7 +221,9 @@ func (e *Executor) Forward(ctx context.Context, rows []engine.Row) ([]engine.Out
 	cfg := e.cfg
 	d := cfg.Hidden
 	N := st.n
-	x := make([]float32, N*d)
+	buf := e.bufs.get(cfg, N)
+	defer e.bufs.put(buf)
+	x := buf.x
 	for i, r := range rows {
 		for j, t := range r.Tokens {
 			row := x[(st.off[i]+j)*d : (st.off[i]+j+1)*d]
@@ -211,8 +235,7 @@ func (e *Executor) Forward(ctx context.Context, rows []engine.Row) ([]engine.Out
 			}
 		}
 	}
-	st.ropeTables()
-	buf := newBuffers(cfg, N)
+	st.ropeTables(buf)
 	for l := 0; l <= st.lastLay; l++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("cpu: forward: %w", err)
@@ -225,29 +248,87 @@ func (e *Executor) Forward(ctx context.Context, rows []engine.Row) ([]engine.Out
 			s.partial = true
 		}
 	}
-	st.logits(x)
+	st.logits(x, buf)
 	return st.outs, nil
 }
 
-// buffers are a step's scratch activations.
+// buffers are a step's scratch: the residual stream x, the activations,
+// the RoPE tables and, for rows that bring their own logits buffer, the
+// logits. Nothing in them outlives the step.
 type buffers struct {
-	xn, q, k, v, att, o, g, u, dn []float32
+	n                                int // tokens they hold
+	x, xn, q, k, v, att, o, g, u, dn []float32
+	cos, sin                         []float32
+	logits                           []float32 // grown on demand
 }
 
 func newBuffers(cfg *model.Config, n int) *buffers {
-	return &buffers{
-		xn: make([]float32, n*cfg.Hidden), q: make([]float32, n*cfg.QDim()),
-		k: make([]float32, n*cfg.KVDim()), v: make([]float32, n*cfg.KVDim()),
+	half := cfg.HeadDim / 2
+	return &buffers{n: n,
+		x: make([]float32, n*cfg.Hidden), xn: make([]float32, n*cfg.Hidden),
+		q: make([]float32, n*cfg.QDim()), k: make([]float32, n*cfg.KVDim()), v: make([]float32, n*cfg.KVDim()),
 		att: make([]float32, n*cfg.QDim()), o: make([]float32, n*cfg.Hidden),
 		g: make([]float32, n*cfg.Intermediate), u: make([]float32, n*cfg.Intermediate),
-		dn: make([]float32, n*cfg.Hidden),
+		dn: make([]float32, n*cfg.Hidden), cos: make([]float32, n*half), sin: make([]float32, n*half),
 	}
 }
 
-func (st *step) ropeTables() {
+// maxPooledTokens is the most tokens a step may have for its buffers to be
+// kept for the next: decode batches and short prompts, whose steps are
+// short enough that a fresh set (and the garbage collections the garbage
+// brings) costs a noticeable share. BenchmarkDecodeStep, bf16, 8 sequences:
+// see BENCHMARKS.md.
+const maxPooledTokens = 64
+
+// bufferPool keeps the buffers of finished steps for the next ones.
+type bufferPool struct {
+	mu   sync.Mutex
+	free []*buffers
+}
+
+// get returns buffers for n tokens: kept ones resliced, or new ones.
+func (p *bufferPool) get(cfg *model.Config, n int) *buffers {
+	if n <= maxPooledTokens {
+		p.mu.Lock()
+		if k := len(p.free); k > 0 {
+			b := p.free[k-1]
+			p.free = p.free[:k-1]
+			p.mu.Unlock()
+			return b.resize(cfg, n)
+		}
+		p.mu.Unlock()
+		return newBuffers(cfg, maxPooledTokens).resize(cfg, n)
+	}
+	return newBuffers(cfg, n)
+}
+
+// put keeps b for a later step: two sets (one per concurrent caller is the
+// common case) of at most maxPooledTokens tokens.
+func (p *bufferPool) put(b *buffers) {
+	if b.n > maxPooledTokens {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free) < 2 {
+		p.free = append(p.free, b)
+	}
+}
+
+// resize reslices b's activations to n ≤ b.n tokens.
+func (b *buffers) resize(cfg *model.Config, n int) *buffers {
+	half := cfg.HeadDim / 2
+	b.x, b.xn, b.o, b.dn = b.x[:n*cfg.Hidden], b.xn[:n*cfg.Hidden], b.o[:n*cfg.Hidden], b.dn[:n*cfg.Hidden]
+	b.q, b.att = b.q[:n*cfg.QDim()], b.att[:n*cfg.QDim()]
+	b.k, b.v = b.k[:n*cfg.KVDim()], b.v[:n*cfg.KVDim()]
+	b.g, b.u = b.g[:n*cfg.Intermediate], b.u[:n*cfg.Intermediate]
+	b.cos, b.sin = b.cos[:n*half], b.sin[:n*half]
+	return b
+}
+
+func (st *step) ropeTables(b *buffers) {
 	half := st.e.cfg.HeadDim / 2
-	st.cos = make([]float32, st.n*half)
-	st.sin = make([]float32, st.n*half)
+	st.cos, st.sin = b.cos, b.sin
 	for i, r := range st.rows {
 		p0 := st.seqs[i].n
 		for j := range r.Tokens {
@@ -273,8 +354,8 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	for i, r := range st.rows {
 		s := st.seqs[i]
 		lo, hi := st.off[i]*kv, (st.off[i]+len(r.Tokens))*kv
-		s.k[l] = append(s.k[l][:s.n*kv], b.k[lo:hi]...)
-		s.v[l] = append(s.v[l][:s.n*kv], b.v[lo:hi]...)
+		s.k[l] = append(growKV(s.k[l], s.n*kv, hi-lo, kv), b.k[lo:hi]...)
+		s.v[l] = append(growKV(s.v[l], s.n*kv, hi-lo, kv), b.v[lo:hi]...)
 	}
 	st.attention(l, b.q, b.att)
 	st.projs(l, b.att, projOut{model.O, b.o})
@@ -648,30 +729,49 @@ func (st *step) capture(l int, site engine.Site, act []float32) {
 	}
 }
 
-// logits runs the final norm and LM head on the tokens whose logits were asked for.
-func (st *step) logits(x []float32) {
+// logits runs the final norm and LM head on the tokens whose logits were
+// asked for. When a row brings a buffer that holds its logits (the
+// scheduler's decode rows do), all go through b's scratch and are copied
+// out, so a decode step makes no garbage the size of the vocabulary;
+// otherwise they go straight into one fresh array.
+func (st *step) logits(x []float32, b *buffers) {
 	cfg := st.e.cfg
 	d := cfg.Hidden
 	var sel []int
+	own := false // some row brought a buffer that fits
 	for i, r := range st.rows {
+		n := 0
 		switch r.Logits {
 		case engine.LogitsLast:
 			sel = append(sel, st.off[i]+len(r.Tokens)-1)
+			n = 1
 		case engine.LogitsAll:
 			for j := range r.Tokens {
 				sel = append(sel, st.off[i]+j)
 			}
+			n = len(r.Tokens)
+		}
+		if n > 0 && cap(r.LogitsBuf) >= n*cfg.VocabSize {
+			own = true
 		}
 	}
 	if len(sel) == 0 {
 		return
 	}
-	h := make([]float32, len(sel)*d)
+	h := b.xn[:len(sel)*d] // free after the last layer
 	for k, t := range sel {
 		rmsNorm(h[k*d:(k+1)*d], x[t*d:(t+1)*d], st.e.m.FinalNorm, cfg.NormEps)
 	}
 	V := cfg.VocabSize
-	logits := make([]float32, len(sel)*V)
+	var logits []float32
+	if own {
+		if cap(b.logits) < len(sel)*V {
+			b.logits = make([]float32, len(sel)*V)
+		}
+		logits = b.logits[:len(sel)*V]
+	} else {
+		logits = make([]float32, len(sel)*V)
+	}
 	st.e.matmul(st.e.m.LMHead, nil, h, len(sel), logits)
 	if cfg.FinalSoftcap > 0 {
 		for i, v := range logits {
@@ -687,9 +787,19 @@ func (st *step) logits(x []float32) {
 		case engine.LogitsAll:
 			n = len(r.Tokens)
 		}
-		if n > 0 {
-			st.outs[i].Logits = engine.Tensor2D{Rows: n, Cols: V, Data: logits[k*V : (k+n)*V : (k+n)*V]}
-			k += n
+		if n == 0 {
+			continue
 		}
+		data := logits[k*V : (k+n)*V : (k+n)*V]
+		if own {
+			dst := r.LogitsBuf
+			if cap(dst) < n*V {
+				dst = make([]float32, n*V)
+			}
+			data = dst[:n*V]
+			copy(data, logits[k*V:(k+n)*V])
+		}
+		st.outs[i].Logits = engine.Tensor2D{Rows: n, Cols: V, Data: data}
+		k += n
 	}
 }

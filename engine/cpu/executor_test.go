@@ -147,3 +147,56 @@ func TestLongDecodeMatchesPrefill(t *testing.T) {
 		s.Release()
 	}
 }
+
+// TestLogitsBuf checks that a row's own logits buffer receives its logits
+// (the output aliases it), that the logits are those of a run without
+// buffers, step after step with reused scratch, and that a buffer too small
+// or absent gets fresh memory.
+func TestLogitsBuf(t *testing.T) {
+	ex := tinyLlama(t, cpu.Options{})
+	V := ex.Config().VocabSize
+	ctx := context.Background()
+	prompts := [][]int32{{1, 2, 3}, {4, 5}, {6}}
+	// Reference: no buffers.
+	var want [][][]float32 // [step][row]
+	seqs := []engine.Sequence{ex.NewSequence(), ex.NewSequence(), ex.NewSequence()}
+	rows := make([]engine.Row, 3)
+	for i := range rows {
+		rows[i] = engine.Row{Seq: seqs[i], Tokens: prompts[i]}
+	}
+	for step := 0; step < 4; step++ {
+		outs, err := ex.Forward(ctx, rows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got [][]float32
+		for i := range rows {
+			got = append(got, slices.Clone(outs[i].Logits.Data))
+			rows[i].Tokens = []int32{int32(7 + step + i)}
+		}
+		want = append(want, got)
+	}
+	// Row 0 has a buffer, row 1 one too small, row 2 none.
+	bufs := [][]float32{make([]float32, V+5), make([]float32, V-1), nil}
+	seqs = []engine.Sequence{ex.NewSequence(), ex.NewSequence(), ex.NewSequence()}
+	for i := range rows {
+		rows[i] = engine.Row{Seq: seqs[i], Tokens: prompts[i], LogitsBuf: bufs[i]}
+	}
+	for step := 0; step < 4; step++ {
+		outs, err := ex.Forward(ctx, rows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range rows {
+			got := outs[i].Logits.Data
+			if !slices.Equal(got, want[step][i]) {
+				t.Fatalf("step %d row %d: logits differ from the run without buffers", step, i)
+			}
+			aliases := &got[0] == &bufs[0][0]
+			if (i == 0) != aliases {
+				t.Errorf("step %d row %d: output aliases the row's buffer: %v", step, i, aliases)
+			}
+			rows[i].Tokens = []int32{int32(7 + step + i)}
+		}
+	}
+}

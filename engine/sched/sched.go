@@ -208,6 +208,16 @@ type seqState struct {
 	max     int
 	done    bool
 	queued  bool
+	logits  []float32 // this sequence's logits, reused every step (engine.Row.LogitsBuf)
+}
+
+// logitsBuf returns ss's reused buffer for one row of logits: a decode
+// batch's steps then make no vocabulary-sized garbage.
+func (s *Scheduler) logitsBuf(ss *seqState) []float32 {
+	if ss.logits == nil {
+		ss.logits = make([]float32, s.ex.Config().VocabSize)
+	}
+	return ss.logits
 }
 
 // New returns a scheduler over ex and starts its loop.
@@ -439,7 +449,7 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 	// Decode rows first: they cost one token each and are never delayed.
 	for _, ss := range batch {
 		if ss.fed == len(ss.prompt) {
-			rows = append(rows, engine.Row{Seq: ss.seq, Tokens: []int32{ss.last}, Adapter: ss.req.Adapter, Logits: engine.LogitsLast})
+			rows = append(rows, engine.Row{Seq: ss.seq, Tokens: []int32{ss.last}, Adapter: ss.req.Adapter, Logits: engine.LogitsLast, LogitsBuf: s.logitsBuf(ss)})
 			owners = append(owners, ss)
 			budget--
 		}
@@ -463,6 +473,9 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 			mode = engine.LogitsAll
 		}
 		row := engine.Row{Seq: ss.seq, Tokens: ss.prompt[ss.fed:end], Adapter: ss.req.Adapter, Logits: mode}
+		if mode == engine.LogitsLast {
+			row.LogitsBuf = s.logitsBuf(ss)
+		}
 		if ss.st.captured != nil && ss.index == 0 {
 			row.Capture = &engine.Capture{Points: ss.req.Capture}
 			captures = true
