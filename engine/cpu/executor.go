@@ -439,15 +439,16 @@ func (st *step) projs(l int, x []float32, outs ...projOut) {
 	})
 }
 
-// applyLoRA adds Scale·B(A x) to out for n input rows, as two products on
-// the tile kernels: u = x·Aᵀ, then out += Scale·(u·Bᵀ).
+// applyLoRA adds Scale·B(A x) to out for n input rows: u = x·Aᵀ on the tile
+// kernels, then out += Scale·(u·Bᵀ) a token at a time on addLoRAB, whose
+// short dot products the tile kernels spent most of their time reducing
+// (4 rows with 4 rank-16 adapters on q and v, bf16 135M shape: the
+// up-projection was 0.4 ms of a 9.5 ms step).
 func applyLoRA(p *lora.Pair, x []float32, n int, out []float32) {
 	u := make([]float32, n*p.R)
 	native.gemm(wmat{dt: dtF32, f32: p.A, ld: p.In}, nil, x, p.In, n, p.In, u, p.R, 0, p.R, nil)
-	tmp := make([]float32, n*p.Out)
-	native.gemm(wmat{dt: dtF32, f32: p.B, ld: p.R}, nil, u, p.R, n, p.R, tmp, p.Out, 0, p.Out, nil)
-	for i, v := range tmp {
-		out[i] += p.Scale * v
+	for t := range n {
+		native.addLoRAB(p.B, p.R, u[t*p.R:(t+1)*p.R], out[t*p.Out:(t+1)*p.Out], p.Scale)
 	}
 }
 

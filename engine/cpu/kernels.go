@@ -479,3 +479,39 @@ func (p *BandwidthProbe) Measure(threads, passes int) float64 {
 	}
 	return best
 }
+
+// addLoRAB adds scale·(B[o]·u) to out[o] for every row o of B (row-major,
+// len(out) rows of r elements): one token's LoRA up-projection. The
+// assembly takes eight rows at a time where r is a multiple of 8; every dot
+// product is summed as loraBGo sums it.
+func (ks kernelSet) addLoRAB(b []float32, r int, u, out []float32, scale float32) {
+	done := 0
+	if n8 := len(out) / 8; ks.asm && r > 0 && r%8 == 0 && n8 > 0 {
+		_ = b[n8*8*r-1]
+		_ = u[r-1]
+		loraBAVX(&b[0], r, &u[0], &out[0], n8, scale)
+		done = 8 * n8
+	}
+	loraBGo(b[done*r:], r, u, out[done:], scale)
+}
+
+// loraBGo adds scale·(B[o]·u) to out[o]: lane j of eight sums the products
+// of elements j, j+8, ... in order, the lanes add as ((0+1)+(2+3)) +
+// ((4+5)+(6+7)), and elements past the last multiple of 8 follow one by one.
+func loraBGo(b []float32, r int, u, out []float32, scale float32) {
+	r8 := r &^ 7
+	for o := range out {
+		row := b[o*r : (o+1)*r]
+		var l [8]float32
+		for c := 0; c < r8; c += 8 {
+			for j := range l {
+				l[j] += row[c+j] * u[c+j]
+			}
+		}
+		s := ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+		for i := r8; i < r; i++ {
+			s += row[i] * u[i]
+		}
+		out[o] += scale * s
+	}
+}

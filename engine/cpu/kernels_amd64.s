@@ -13246,6 +13246,72 @@ silu_loop:
 silu_done:
 	RET
 
+// func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
+TEXT ·loraBAVX(SB), NOSPLIT, $0-44
+	MOVQ b+0(FP), SI
+	MOVQ r+8(FP), R8
+	MOVQ u+16(FP), DI
+	MOVQ out+24(FP), DX
+	MOVQ n8+32(FP), CX
+	VBROADCASTSS scale+40(FP), Y15
+	MOVQ R8, R9
+	SHLQ $2, R9
+	LEAQ (R9)(R9*2), R13
+	SHRQ $3, R8
+	TESTQ CX, CX
+	JZ loraB_done
+loraB_block:
+	MOVQ SI, AX
+	LEAQ (SI)(R13*1), R11
+	MOVQ DI, BX
+	VMOVUPS (BX), Y8
+	VMULPS (AX), Y8, Y0
+	VMULPS (AX)(R9*1), Y8, Y1
+	VMULPS (AX)(R9*2), Y8, Y2
+	VMULPS (AX)(R13*1), Y8, Y3
+	VMULPS (AX)(R9*4), Y8, Y4
+	VMULPS (R11)(R9*2), Y8, Y5
+	VMULPS (R11)(R13*1), Y8, Y6
+	VMULPS (R11)(R9*4), Y8, Y7
+	MOVQ R8, R10
+	DECQ R10
+	JZ loraB_reduce
+loraB_chunk:
+	ADDQ $32, AX
+	ADDQ $32, R11
+	ADDQ $32, BX
+	VMOVUPS (BX), Y8
+	VFMADD231PS (AX), Y8, Y0
+	VFMADD231PS (AX)(R9*1), Y8, Y1
+	VFMADD231PS (AX)(R9*2), Y8, Y2
+	VFMADD231PS (AX)(R13*1), Y8, Y3
+	VFMADD231PS (AX)(R9*4), Y8, Y4
+	VFMADD231PS (R11)(R9*2), Y8, Y5
+	VFMADD231PS (R11)(R13*1), Y8, Y6
+	VFMADD231PS (R11)(R9*4), Y8, Y7
+	DECQ R10
+	JNZ loraB_chunk
+loraB_reduce:
+	VHADDPS Y1, Y0, Y0
+	VHADDPS Y3, Y2, Y2
+	VHADDPS Y5, Y4, Y4
+	VHADDPS Y7, Y6, Y6
+	VHADDPS Y2, Y0, Y0
+	VHADDPS Y6, Y4, Y4
+	VPERM2F128 $0x20, Y4, Y0, Y1
+	VPERM2F128 $0x31, Y4, Y0, Y2
+	VADDPS Y2, Y1, Y0
+	VMULPS Y15, Y0, Y0
+	VADDPS (DX), Y0, Y0
+	VMOVUPS Y0, (DX)
+	LEAQ (SI)(R9*8), SI
+	ADDQ $32, DX
+	DECQ CX
+	JNZ loraB_block
+loraB_done:
+	VZEROUPPER
+	RET
+
 // func wsumAVX1(p, v *float32, ldv, n int, o *float32)
 TEXT ·wsumAVX1(SB), NOSPLIT, $0-40
 	MOVQ p+0(FP), SI

@@ -1103,6 +1103,13 @@ func sumAVX(x *float32, n int) float32
 //go:noescape
 func siluMulAVX(gp, up *float32, n int)
 
+// loraBAVX adds scale·(B[o]·u) to out[o] for the first 8*n8 rows o of B
+// (row-major, r elements a row, r a multiple of 8), each dot product summed
+// as loraBGo sums it.
+//
+//go:noescape
+func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
+
 // wsumAVX1 computes, for c < 8,
 //
 //	var acc float32

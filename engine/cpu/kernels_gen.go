@@ -79,6 +79,7 @@ func main() {
 	}
 	sum(&s, &g)
 	siluMul(&s, &g)
+	loraB(&s, &g)
 	for W := 1; W <= 8; W++ {
 		wsum(&s, &g, W)
 	}
@@ -475,6 +476,89 @@ func bf16Consts(s *bytes.Buffer) {
 		fmt.Fprintf(s, "DATA bf16unperm<>+%d(SB)/4, $%d\n", 4*i, 8*h+e%2*4+e/2)
 	}
 	fmt.Fprintf(s, "GLOBL bf16unperm<>(SB), RODATA|NOPTR, $64\n")
+}
+
+// loraB writes loraBAVX, the LoRA up-projection of one token: for rows of
+// r (a multiple of 8) elements, eight at a time, out[o] += scale·(B[o]·u),
+// each dot product as loraBGo sums it. Its short rows made the tile kernels
+// spend most of their time reducing accumulators; here eight rows share one
+// transposing reduction.
+func loraB(s, g *bytes.Buffer) {
+	fmt.Fprintf(g, `// loraBAVX adds scale·(B[o]·u) to out[o] for the first 8*n8 rows o of B
+// (row-major, r elements a row, r a multiple of 8), each dot product summed
+// as loraBGo sums it.
+//
+//go:noescape
+func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
+
+`)
+	fmt.Fprintf(s, `
+// func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
+TEXT ·loraBAVX(SB), NOSPLIT, $0-44
+	MOVQ b+0(FP), SI
+	MOVQ r+8(FP), R8
+	MOVQ u+16(FP), DI
+	MOVQ out+24(FP), DX
+	MOVQ n8+32(FP), CX
+	VBROADCASTSS scale+40(FP), Y15
+	MOVQ R8, R9
+	SHLQ $2, R9
+	LEAQ (R9)(R9*2), R13
+	SHRQ $3, R8
+	TESTQ CX, CX
+	JZ loraB_done
+loraB_block:
+	MOVQ SI, AX
+	LEAQ (SI)(R13*1), R11
+	MOVQ DI, BX
+	VMOVUPS (BX), Y8
+	VMULPS (AX), Y8, Y0
+	VMULPS (AX)(R9*1), Y8, Y1
+	VMULPS (AX)(R9*2), Y8, Y2
+	VMULPS (AX)(R13*1), Y8, Y3
+	VMULPS (AX)(R9*4), Y8, Y4
+	VMULPS (R11)(R9*2), Y8, Y5
+	VMULPS (R11)(R13*1), Y8, Y6
+	VMULPS (R11)(R9*4), Y8, Y7
+	MOVQ R8, R10
+	DECQ R10
+	JZ loraB_reduce
+loraB_chunk:
+	ADDQ $32, AX
+	ADDQ $32, R11
+	ADDQ $32, BX
+	VMOVUPS (BX), Y8
+	VFMADD231PS (AX), Y8, Y0
+	VFMADD231PS (AX)(R9*1), Y8, Y1
+	VFMADD231PS (AX)(R9*2), Y8, Y2
+	VFMADD231PS (AX)(R13*1), Y8, Y3
+	VFMADD231PS (AX)(R9*4), Y8, Y4
+	VFMADD231PS (R11)(R9*2), Y8, Y5
+	VFMADD231PS (R11)(R13*1), Y8, Y6
+	VFMADD231PS (R11)(R9*4), Y8, Y7
+	DECQ R10
+	JNZ loraB_chunk
+loraB_reduce:
+	VHADDPS Y1, Y0, Y0
+	VHADDPS Y3, Y2, Y2
+	VHADDPS Y5, Y4, Y4
+	VHADDPS Y7, Y6, Y6
+	VHADDPS Y2, Y0, Y0
+	VHADDPS Y6, Y4, Y4
+	VPERM2F128 $0x20, Y4, Y0, Y1
+	VPERM2F128 $0x31, Y4, Y0, Y2
+	VADDPS Y2, Y1, Y0
+	VMULPS Y15, Y0, Y0
+	VADDPS (DX), Y0, Y0
+	VMOVUPS Y0, (DX)
+	LEAQ (SI)(R9*8), SI
+	ADDQ $32, DX
+	DECQ CX
+	JNZ loraB_block
+loraB_done:
+	VZEROUPPER
+	RET
+`)
 }
 
 // siluMul writes siluMulAVX, eight lanes of g[i] = silu(g[i])·u[i] with the

@@ -47,3 +47,8 @@ func siluMul(g, u []float32) {
 		g[i] = silu(g[i]) * u[i]
 	}
 }
+
+// loraBAVX is never called when haveAsm is false.
+func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32) {
+	panic("cpu: no assembly kernels in this build")
+}

@@ -270,3 +270,35 @@ func TestTileZEveryShape(t *testing.T) {
 		}
 	}
 }
+
+// TestLoRAB checks the LoRA up-projection against a float64 reference, the
+// assembly against pure Go, and that out is added to, for ranks with and
+// without a multiple-of-8 part and row counts around the 8-row blocks.
+func TestLoRAB(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for name, ks := range kernelSets(t) {
+		for _, r := range []int{1, 4, 8, 12, 16, 64} {
+			for _, rows := range []int{1, 7, 8, 9, 17, 64} {
+				b, u := randVec(rng, rows*r), randVec(rng, r)
+				base := randVec(rng, rows)
+				out := slices.Clone(base)
+				ks.addLoRAB(b, r, u, out, 0.5)
+				goOut := slices.Clone(base)
+				loraBGo(b, r, u, goOut, 0.5)
+				for o := range out {
+					var want float64
+					for i := range r {
+						want += float64(b[o*r+i]) * float64(u[i])
+					}
+					want = float64(base[o]) + 0.5*want
+					if d := math.Abs(float64(out[o]) - want); d > 1e-5*(1+math.Abs(want))*math.Sqrt(float64(r)) {
+						t.Fatalf("%s r=%d rows=%d: out[%d] = %g, want %g", name, r, rows, o, out[o], want)
+					}
+					if d := math.Abs(float64(out[o] - goOut[o])); d > 1e-5*(1+math.Abs(want)) {
+						t.Fatalf("%s r=%d rows=%d: out[%d] = %g, pure Go %g", name, r, rows, o, out[o], goOut[o])
+					}
+				}
+			}
+		}
+	}
+}
