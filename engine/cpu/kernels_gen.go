@@ -492,6 +492,14 @@ func loraB(s, g *bytes.Buffer) {
 func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
 
 `)
+	// The eight rows of a block: SI/AX + r*R9 (R13 = 3*R9, R11 = AX + R13).
+	rows := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(AX)(R13*1)", "(AX)(R9*4)", "(R11)(R9*2)", "(R11)(R13*1)", "(R11)(R9*4)"}
+	products := func(op string) {
+		fmt.Fprintf(s, "\tVMOVUPS (BX), Y8\n")
+		for r, a := range rows {
+			fmt.Fprintf(s, "\t%s %s, Y8, Y%d\n", op, a, r)
+		}
+	}
 	fmt.Fprintf(s, `
 // func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
 TEXT ·loraBAVX(SB), NOSPLIT, $0-44
@@ -511,32 +519,11 @@ loraB_block:
 	MOVQ SI, AX
 	LEAQ (SI)(R13*1), R11
 	MOVQ DI, BX
-	VMOVUPS (BX), Y8
-	VMULPS (AX), Y8, Y0
-	VMULPS (AX)(R9*1), Y8, Y1
-	VMULPS (AX)(R9*2), Y8, Y2
-	VMULPS (AX)(R13*1), Y8, Y3
-	VMULPS (AX)(R9*4), Y8, Y4
-	VMULPS (R11)(R9*2), Y8, Y5
-	VMULPS (R11)(R13*1), Y8, Y6
-	VMULPS (R11)(R9*4), Y8, Y7
-	MOVQ R8, R10
-	DECQ R10
-	JZ loraB_reduce
-loraB_chunk:
-	ADDQ $32, AX
-	ADDQ $32, R11
-	ADDQ $32, BX
-	VMOVUPS (BX), Y8
-	VFMADD231PS (AX), Y8, Y0
-	VFMADD231PS (AX)(R9*1), Y8, Y1
-	VFMADD231PS (AX)(R9*2), Y8, Y2
-	VFMADD231PS (AX)(R13*1), Y8, Y3
-	VFMADD231PS (AX)(R9*4), Y8, Y4
-	VFMADD231PS (R11)(R9*2), Y8, Y5
-	VFMADD231PS (R11)(R13*1), Y8, Y6
-	VFMADD231PS (R11)(R9*4), Y8, Y7
-	DECQ R10
+`)
+	products("VMULPS")
+	fmt.Fprintf(s, "\tMOVQ R8, R10\n\tDECQ R10\n\tJZ loraB_reduce\nloraB_chunk:\n\tADDQ $32, AX\n\tADDQ $32, R11\n\tADDQ $32, BX\n")
+	products("VFMADD231PS")
+	fmt.Fprintf(s, `	DECQ R10
 	JNZ loraB_chunk
 loraB_reduce:
 	VHADDPS Y1, Y0, Y0
