@@ -106,20 +106,26 @@ func (s *Sequence) Truncate(n int) {
 const minKVPositions = 64
 
 // growKV returns buf[:n] with room for add more elements: when it has none,
-// a copy in a buffer of twice the capacity (at least minKVPositions
-// positions of kv elements, and at least n+add). append's own growth adds a
-// quarter at these sizes, so a decoding batch reallocated its 2 × layers
-// caches every few steps, and the fresh memory's page faults and the
-// garbage collections they brought cost more than the steps' products: an
-// 8-sequence bf16 decode step of the 135M shape took 14.7 ms that way
-// against 12.1 (blocks of 48 steps alternating in one process).
-func growKV(buf []float32, n, add, kv int) []float32 {
-	if need := n + add; need > cap(buf) {
-		nb := make([]float32, n, max(2*cap(buf), need, minKVPositions*kv))
-		copy(nb, buf[:n])
-		return nb
+// a copy with half as much room again (at least minKVPositions positions of
+// kv elements, at least n+add, and no more than limit elements unless n+add
+// needs it). append's own growth adds a quarter at these sizes, so a
+// decoding batch reallocated its 2 × layers caches every few steps, and
+// the fresh memory's page faults and the garbage collections they brought
+// cost more than the steps' products: an 8-sequence bf16 decode step of the
+// 135M shape took 14.7 ms that way against 12.1 with twice the room (blocks
+// of 48 steps alternating in one process; half again starts the same way
+// below 64 positions). The limit (the executor's context) keeps a long
+// prompt's first decode step from doubling its cache.
+func growKV(buf []float32, n, add, kv, limit int) []float32 {
+	need := n + add
+	if need <= cap(buf) {
+		return buf[:n]
 	}
-	return buf[:n]
+	c := max(cap(buf)+cap(buf)/2, minKVPositions*kv)
+	c = max(min(c, limit), need)
+	nb := make([]float32, n, c)
+	copy(nb, buf[:n])
+	return nb
 }
 
 // step is the working state of one Forward call.
@@ -363,8 +369,8 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	for i, r := range st.rows {
 		s := st.seqs[i]
 		lo, hi := st.off[i]*kv, (st.off[i]+len(r.Tokens))*kv
-		s.k[l] = append(growKV(s.k[l], s.n*kv, hi-lo, kv), b.k[lo:hi]...)
-		s.v[l] = append(growKV(s.v[l], s.n*kv, hi-lo, kv), b.v[lo:hi]...)
+		s.k[l] = append(growKV(s.k[l], s.n*kv, hi-lo, kv, e.maxCtx*kv), b.k[lo:hi]...)
+		s.v[l] = append(growKV(s.v[l], s.n*kv, hi-lo, kv, e.maxCtx*kv), b.v[lo:hi]...)
 	}
 	st.attention(l, b.q, b.att)
 	st.projs(l, b.att, projOut{model.O, b.o})

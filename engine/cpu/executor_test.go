@@ -200,3 +200,37 @@ func TestLogitsBuf(t *testing.T) {
 		}
 	}
 }
+
+// TestKVGrowthBounded checks that a sequence's cache never gets more room
+// than the executor's context, however it grows, and that its contents
+// survive each regrowth (the decode after a long prompt matches a prefill).
+func TestKVGrowthBounded(t *testing.T) {
+	ex := tinyLlama(t, cpu.Options{MaxContext: 100})
+	ctx := context.Background()
+	prompt := make([]int32, 90)
+	for i := range prompt {
+		prompt[i] = int32(1 + i%200)
+	}
+	s := ex.NewSequence()
+	if _, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: prompt[:80], Logits: engine.LogitsNone}}); err != nil {
+		t.Fatal(err)
+	}
+	var last []float32
+	for i := 80; i < 90; i++ {
+		out, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: prompt[i : i+1]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = out[0].Logits.Data
+	}
+	if c := cpu.KVCapacity(s); c > 100 {
+		t.Errorf("cache has room for %d positions, context is 100", c)
+	}
+	whole, err := ex.Forward(ctx, []engine.Row{{Seq: ex.NewSequence(), Tokens: prompt}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(last, whole[0].Logits.Data) {
+		t.Error("decoding after regrowth differs from one prefill")
+	}
+}
