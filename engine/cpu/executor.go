@@ -269,9 +269,7 @@ type buffers struct {
 }
 
 func newBuffers(cfg *model.Config, n int) *buffers {
-	half := cfg.HeadDim / 2
-	sizes := []int{n * cfg.Hidden, n * cfg.Hidden, n * cfg.QDim(), n * cfg.KVDim(), n * cfg.KVDim(), n * cfg.QDim(),
-		n * cfg.Hidden, n * cfg.Intermediate, n * cfg.Intermediate, n * cfg.Hidden, n * half, n * half}
+	h, q, kv, in, half := n*cfg.Hidden, n*cfg.QDim(), n*cfg.KVDim(), n*cfg.Intermediate, n*cfg.HeadDim/2
 	// One allocation, each array starting 5 cache lines further into a
 	// 4 KB page than the one before. Arrays of whole pages that all begin
 	// at the same page offset put the elements that loops read from one
@@ -280,21 +278,15 @@ func newBuffers(cfg *model.Config, n int) *buffers {
 	// arrays' one-sequence decode step was 6.2 ms (median of 6 soo bench
 	// runs) against 5.1 skewed, each beside the same older binary at 5.2
 	// and 5.5.
-	const skew = 80 // floats: 5 lines
-	total := 0
-	for _, sz := range sizes {
-		total += sz + skew
+	const skew, arrays = 80, 12 // floats (5 lines); arrays taken below
+	all := make([]float32, 4*h+2*q+2*kv+2*in+2*half+arrays*skew)
+	take := func(size int) []float32 {
+		a := all[skew : skew+size : skew+size]
+		all = all[skew+size:]
+		return a
 	}
-	all := make([]float32, total)
-	arr := make([][]float32, len(sizes))
-	off := 0
-	for i, sz := range sizes {
-		off += skew
-		arr[i] = all[off : off+sz : off+sz]
-		off += sz
-	}
-	return &buffers{n: n, x: arr[0], xn: arr[1], q: arr[2], k: arr[3], v: arr[4], att: arr[5],
-		o: arr[6], g: arr[7], u: arr[8], dn: arr[9], cos: arr[10], sin: arr[11]}
+	return &buffers{n: n, x: take(h), xn: take(h), q: take(q), k: take(kv), v: take(kv), att: take(q),
+		o: take(h), g: take(in), u: take(in), dn: take(h), cos: take(half), sin: take(half)}
 }
 
 // maxPooledTokens is the most tokens a step may have for its buffers to be
