@@ -581,7 +581,7 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 	// (100 MB per training step) cost more in page faults than the
 	// products themselves.
 	pbuf := e.packBufs.get()
-	var xp *pairs
+	var xp *packed
 	if pairsPay(jobs, in) {
 		// The input was mostly written by both threads (attention, SwiGLU):
 		// each packs a share of it (8-sequence decode: bf16 15.7–15.9 ms a
@@ -589,7 +589,7 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 		// 19.9–20.2). A copy packed by each thread for itself, when it took
 		// its first chunk, was slower again (bf16 medians of 6 alternating
 		// runs 14.7 against 14.0 ms).
-		fill := func(np int, f func(q0, q1 int)) { e.pool.run(np, max(1, (np+e.threads-1)/e.threads), f) }
+		fill := func(nu int, f func(u0, u1 int)) { e.pool.run(nu, max(1, (nu+e.threads-1)/e.threads), f) }
 		xp = native.pack(x, in, n, in, dtIndex(jobs[0].w.DType), pbuf, fill)
 	}
 	e.pool.run(len(chunks), 1, func(c0, c1 int) {
@@ -602,7 +602,7 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 		}
 	})
 	if xp != nil {
-		pbuf = xp.data
+		pbuf = xp.buf
 	}
 	e.packBufs.put(pbuf)
 }

@@ -20,6 +20,14 @@ import (
 // depends only on the input length, never on the batch or on which tile the
 // element lands in, so a row batched with others equals the row alone bit for
 // bit.
+//
+// A product with bf16 weights multiplies inputs rounded to bf16 (to nearest,
+// ties to even; subnormals to zero), as llama.cpp does on CPUs with
+// AVX512_BF16: each product of two bf16 values is exact in float32 and the
+// sums stay float32. On such CPUs one VDPBF16PS then does the work of
+// widening the weights and two FMAs (tileB); elsewhere the float32 kernels
+// read the rounded inputs. Load a model with f32 weights for products over
+// unrounded inputs.
 const (
 	tileT = 4 // tokens per tile
 	tileR = 3 // weight rows per tile
@@ -56,50 +64,136 @@ func dtIndex(d model.DType) int {
 // or pure Go loops that compute the same sums in the same order (rounding
 // products and sums separately instead of fusing them, so Go and assembly
 // differ in the last bits).
-type kernelSet struct{ asm, avx512 bool }
+//
+// bf16dot adds, where the CPU has AVX512_BF16, the kernels that multiply bf16
+// weights with one VDPBF16PS per 32 pairs (tileB). They sum in another order
+// than the float32 kernels, so their results differ from the other sets' in
+// the last bits.
+type kernelSet struct{ asm, avx512, bf16dot bool }
 
 // native is the kernel set for this CPU; it is fixed at init.
-var native = kernelSet{asm: haveAsm, avx512: haveAVX512}
+var native = kernelSet{asm: haveAsm, avx512: haveAVX512, bf16dot: haveBF16Dot}
 
 // tileP and tileRZ are the token pairs and weight rows of an AVX-512 tile.
 const tileP, tileRZ = 4, 6
 
-// pairs is an input x[n, in] packed for the AVX-512 kernels: pair q (tokens
-// 2q and 2q+1) at data[q*2*k8:], its chunk c (elements 8c..8c+7 of both
-// tokens, side by side) at data[q*2*k8+16c:]. With perm, each token's eight
-// elements of a chunk come in the order 0,2,4,6,1,3,5,7, the order the bf16
-// kernels widen weights in. A trailing odd token is not packed.
-type pairs struct {
-	data []float32
-	k8   int
-	perm bool
+// tileTB and tileRB are the tokens and weight rows of an AVX512_BF16 tile.
+const tileTB, tileRB = 8, 3
+
+// packed is a product's input x[n, in] prepared once for the kernels that
+// read it, for weights of type dt.
+//
+// For bf16 weights on a set with bf16dot, b16 holds token t's first k32
+// inputs rounded to bf16 at b16[t*k32:]. For bf16 weights on other sets,
+// round holds all of x rounded to bf16 values ([n, in], row-major), and the
+// pairs below are packed from it.
+//
+// data holds the pairs the AVX-512 kernels read (nil if none): pair q
+// (tokens 2q and 2q+1) at data[q*2*k8:], its chunk c (elements 8c..8c+7 of
+// both tokens, side by side) at data[q*2*k8+16c:]. With perm, each token's
+// eight elements of a chunk come in the order 0,2,4,6,1,3,5,7, the order the
+// bf16 pair kernels widen weights in. A trailing odd token is not packed.
+type packed struct {
+	dt    int
+	data  []float32
+	k8    int
+	perm  bool
+	round []float32
+	b16   []uint16
+	k32   int
+	buf   []float32 // the storage of all of the above, for reuse
 }
 
-// pack returns x's pairs for this kernel set and weights of type dt (a dt*
-// index), or nil where the set has no pair kernels or there is no pair to
-// pack. buf is reused when large enough. fill, if not nil, runs the packing
-// of pairs [q0, q1) ranges of [0, np) (across threads); nil packs them all
-// here.
-func (ks kernelSet) pack(x []float32, ldx, n, in, dt int, buf []float32, fill func(np int, f func(q0, q1 int))) *pairs {
-	k8 := in &^ 7
-	if !ks.avx512 || n < 2 || k8 == 0 {
+// toBF16 rounds x to the nearest bf16, ties to even, as VCVTNEPS2BF16 does:
+// subnormals become zero of the same sign, NaNs stay (quiet) NaNs.
+func toBF16(x float32) uint16 {
+	u := math.Float32bits(x)
+	switch {
+	case u&0x7f800000 == 0:
+		return uint16(u>>16) & 0x8000
+	case u&0x7fffffff > 0x7f800000:
+		return uint16(u>>16) | 0x40
+	}
+	return uint16((u + 0x7fff + (u >> 16 & 1)) >> 16)
+}
+
+// bf16Value returns x rounded to bf16 (toBF16), as a float32.
+func bf16Value(x float32) float32 { return math.Float32frombits(uint32(toBF16(x)) << 16) }
+
+// pack returns x prepared for this kernel set and weights of type dt (a dt*
+// index), or nil where nothing needs preparing (f32 or f16 weights on a set
+// without AVX-512, or fewer than two tokens). buf is reused when large
+// enough. fill, if not nil, runs the packing of units [u0, u1) of [0, nu)
+// (across threads); nil packs them all here.
+func (ks kernelSet) pack(x []float32, ldx, n, in, dt int, buf []float32, fill func(nu int, f func(u0, u1 int))) *packed {
+	if n == 0 {
 		return nil
 	}
-	np := n / 2
-	if cap(buf) < np*2*k8 {
-		buf = make([]float32, np*2*k8)
+	run := func(nu int, f func(u0, u1 int)) {
+		if fill != nil && nu > 1 {
+			fill(nu, f)
+		} else {
+			f(0, nu)
+		}
 	}
-	p := &pairs{data: buf[:np*2*k8], k8: k8, perm: dt == dtBF16}
-	if fill != nil {
-		fill(np, func(q0, q1 int) { p.fill(x, ldx, q0, q1) })
-	} else {
-		p.fill(x, ldx, 0, np)
+	if dt == dtBF16 && ks.bf16dot {
+		k32 := in &^ 31
+		size := (n*k32 + 1) / 2
+		if cap(buf) < size {
+			buf = make([]float32, size)
+		}
+		buf = buf[:cap(buf)]
+		p := &packed{dt: dt, k32: k32, buf: buf}
+		if k32 > 0 {
+			p.b16 = unsafe.Slice((*uint16)(unsafe.Pointer(&buf[0])), 2*len(buf))[:n*k32]
+		}
+		run(n, func(t0, t1 int) {
+			for t := t0; t < t1; t++ {
+				src, dst := x[t*ldx:t*ldx+k32], p.b16[t*k32:(t+1)*k32]
+				for i, v := range src {
+					dst[i] = toBF16(v)
+				}
+			}
+		})
+		return p
+	}
+	k8 := in &^ 7
+	pairs := ks.avx512 && n >= 2 && k8 > 0
+	var size, np int
+	if pairs {
+		np = n / 2
+		size = np * 2 * k8
+	}
+	if dt == dtBF16 {
+		size += n * in
+	} else if !pairs {
+		return nil
+	}
+	if cap(buf) < size {
+		buf = make([]float32, size)
+	}
+	p := &packed{dt: dt, k8: k8, perm: dt == dtBF16, buf: buf[:cap(buf)]}
+	if dt == dtBF16 {
+		p.round = buf[:n*in]
+		run(n, func(t0, t1 int) {
+			for t := t0; t < t1; t++ {
+				src, dst := x[t*ldx:t*ldx+in], p.round[t*in:(t+1)*in]
+				for i, v := range src {
+					dst[i] = bf16Value(v)
+				}
+			}
+		})
+		x, ldx = p.round, in
+	}
+	if pairs {
+		p.data = buf[size-np*2*k8 : size]
+		run(np, func(q0, q1 int) { p.fill(x, ldx, q0, q1) })
 	}
 	return p
 }
 
 // fill packs pairs [q0, q1) of x into p.
-func (p *pairs) fill(x []float32, ldx, q0, q1 int) {
+func (p *packed) fill(x []float32, ldx, q0, q1 int) {
 	k8 := p.k8
 	var order [8]int // element of a chunk in each lane
 	for i := range order {
@@ -171,9 +265,27 @@ func f16ToF32(h uint16) float32 { return safetensors.F16ToF32(h) }
 // (2.3 KB at the 135M shape), too short for the hardware prefetcher:
 // measured here, a 1-token product over the 49152×576 head streamed at
 // 15 GB/s per core that way and 28 GB/s as long streams.
-func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float32, ldo, r0, r1 int, xp *pairs) {
+//
+// With bf16 weights x is first rounded to bf16 (from xp, packed for bf16
+// weights, or packed here when xp is not).
+func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float32, ldo, r0, r1 int, xp *packed) {
 	if n == 0 || r0 >= r1 {
 		return
+	}
+	if w.dt == dtBF16 {
+		if xp == nil || xp.dt != dtBF16 {
+			xp = ks.pack(x, ldx, n, in, dtBF16, nil, nil)
+		}
+		if ks.bf16dot {
+			ks.gemmB(w, bias, x, ldx, n, in, out, ldo, r0, r1, xp)
+			return
+		}
+		x, ldx = xp.round, in
+	} else if xp != nil && xp.dt == dtBF16 {
+		xp = nil // packed for weights of another type
+	}
+	if xp != nil && xp.data == nil {
+		xp = nil
 	}
 	k8 := in &^ 7
 	// Three streams read memory faster than six (40 vs 36 GB/s on one core
@@ -181,9 +293,6 @@ func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float3
 	// six rows per AVX-512 tile, reusing each input load twice as often, win
 	// (8-sequence decode: bf16 476–496 -> 522–537 tok/s, f32 320–362 ->
 	// 368–391, same runs).
-	if xp != nil && xp.perm != (w.dt == dtBF16) {
-		xp = nil // packed for weights of another type
-	}
 	RT := tileR
 	if xp != nil && n > tileT {
 		RT = tileRZ
@@ -228,17 +337,55 @@ func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float3
 			tiles(tail, r1-tail, 1)
 		}
 	}
-	if k8 == in && bias == nil {
+	addTail(w, bias, x, ldx, n, in, k8, out, ldo, r0, r1, false)
+}
+
+// gemmB is gemm for bf16 weights on a set with bf16dot, xp holding the
+// inputs rounded to bf16: tiles of up to tileTB tokens × tileRB rows, rows
+// m apart as in gemm.
+func (ks kernelSet) gemmB(w wmat, bias, x []float32, ldx, n, in int, out []float32, ldo, r0, r1 int, xp *packed) {
+	m := (r1 - r0) / tileRB
+	tail := r0 + m*tileRB
+	for tb := 0; tb < n; tb += tokBlock {
+		te := min(tb+tokBlock, n)
+		full, rem := (te-tb)/tileTB, (te-tb)%tileTB
+		tiles := func(r, R, rs int) {
+			o := out[r-r0:]
+			if full > 0 {
+				ks.tileB(&w, r, R, rs, xp, tb, tileTB, full, o, ldo)
+			}
+			if rem > 0 {
+				ks.tileB(&w, r, R, rs, xp, tb+full*tileTB, rem, 1, o, ldo)
+			}
+		}
+		for j := 0; j < m; j++ {
+			tiles(r0+j, tileRB, m)
+		}
+		if tail < r1 {
+			tiles(tail, r1-tail, 1)
+		}
+	}
+	addTail(w, bias, x, ldx, n, in, xp.k32, out, ldo, r0, r1, true)
+}
+
+// addTail adds to out[t*ldo + r-r0] the products of elements [k, in) of
+// weight row r and token t, one by one (with the input rounded to bf16 if
+// round), then the bias.
+func addTail(w wmat, bias, x []float32, ldx, n, in, k int, out []float32, ldo, r0, r1 int, round bool) {
+	if k == in && bias == nil {
 		return
 	}
-	// The last in%8 products, one by one, then the bias.
 	for t := 0; t < n; t++ {
 		xt := x[t*ldx : t*ldx+in]
 		o := out[t*ldo : t*ldo+r1-r0]
 		for j := range o {
 			s := o[j]
-			for i := k8; i < in; i++ {
-				s += w.at(r0+j, i) * xt[i]
+			for i := k; i < in; i++ {
+				v := xt[i]
+				if round {
+					v = bf16Value(v)
+				}
+				s += w.at(r0+j, i) * v
 			}
 			if bias != nil {
 				s += bias[r0+j]
@@ -276,9 +423,27 @@ func (ks kernelSet) tile(w *wmat, r, R, rs int, x []float32, ldx, t, T, nt, k8 i
 	}
 }
 
+// tileB is tile for the AVX512_BF16 kernels: nt tiles of T tokens from
+// token t of xp.
+func (ks kernelSet) tileB(w *wmat, r, R, rs int, xp *packed, t, T, nt int, out []float32, ldo int) {
+	nT := T * nt
+	k32 := xp.k32
+	if k32 == 0 {
+		for tt := t; tt < t+nT; tt++ {
+			for rr := range R {
+				out[tt*ldo+rr*rs] = 0
+			}
+		}
+		return
+	}
+	_ = xp.b16[(t+nT)*k32-1]
+	_ = out[(t+nT-1)*ldo+(R-1)*rs]
+	tileBAsm(T, R, w.rows(r, R, rs, k32), rs*w.ld, &xp.b16[t*k32], k32, k32, &out[t*ldo], ldo, nt, rs)
+}
+
 // tileZ is tile for the AVX-512 pair kernels: nt tiles of P pairs from pair
 // q of xp.
-func (ks kernelSet) tileZ(w *wmat, r, R, rs int, xp *pairs, q, P, nt int, out []float32, ldo int) {
+func (ks kernelSet) tileZ(w *wmat, r, R, rs int, xp *packed, q, P, nt int, out []float32, ldo int) {
 	nP := P * nt
 	ld := 2 * xp.k8
 	_ = xp.data[(q+nP)*ld-1]

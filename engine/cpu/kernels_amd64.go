@@ -21,6 +21,16 @@ var haveAsm = cpu.X86.HasAVX2 && cpu.X86.HasFMA && cpuid1ECX()&(1<<29) != 0
 // (AVX-512 F and DQ). It is computed once at init and never changes.
 var haveAVX512 = haveAsm && cpu.X86.HasAVX512F && cpu.X86.HasAVX512DQ
 
+// haveBF16Dot reports whether this CPU runs the AVX512_BF16 kernels
+// (VDPBF16PS). It is computed once at init and never changes.
+var haveBF16Dot = haveAVX512 && cpu.X86.HasAVX512BF16
+
+// tileBAsm runs nt tiles of the generated AVX512_BF16 kernel for T tokens
+// and R rows (see tileBTab).
+func tileBAsm(T, R int, w unsafe.Pointer, ldw int, x *uint16, ldx, k int, out *float32, ldo, nt, ldr int) {
+	tileBTab[T-1][R-1](w, ldw, x, ldx, k, out, ldo, nt, ldr)
+}
+
 // tileZAsm runs nt tiles of the generated AVX-512 kernel for P token pairs
 // and R rows (see tileZTab).
 func tileZAsm(dt int, P, R int, w unsafe.Pointer, ldw int, xp *float32, ldp, k int, out *float32, ldo, nt, ldr int) {

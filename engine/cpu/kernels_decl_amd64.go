@@ -1086,6 +1086,198 @@ func tileZF16T8R5(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *f
 //go:noescape
 func tileZF16T8R6(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)
 
+// tileBT1R1 computes nt tiles of 1 tokens × 1 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 1*nt and r < 1, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT1R1(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT1R2 computes nt tiles of 1 tokens × 2 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 1*nt and r < 2, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT1R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT1R3 computes nt tiles of 1 tokens × 3 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 1*nt and r < 3, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT1R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT2R1 computes nt tiles of 2 tokens × 1 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 2*nt and r < 1, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT2R1(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT2R2 computes nt tiles of 2 tokens × 2 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 2*nt and r < 2, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT2R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT2R3 computes nt tiles of 2 tokens × 3 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 2*nt and r < 3, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT2R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT3R1 computes nt tiles of 3 tokens × 1 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 3*nt and r < 1, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT3R1(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT3R2 computes nt tiles of 3 tokens × 2 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 3*nt and r < 2, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT3R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT3R3 computes nt tiles of 3 tokens × 3 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 3*nt and r < 3, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT3R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT4R1 computes nt tiles of 4 tokens × 1 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 4*nt and r < 1, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT4R1(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT4R2 computes nt tiles of 4 tokens × 2 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 4*nt and r < 2, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT4R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT4R3 computes nt tiles of 4 tokens × 3 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 4*nt and r < 3, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT4R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT5R1 computes nt tiles of 5 tokens × 1 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 5*nt and r < 1, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT5R1(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT5R2 computes nt tiles of 5 tokens × 2 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 5*nt and r < 2, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT5R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT5R3 computes nt tiles of 5 tokens × 3 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 5*nt and r < 3, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT5R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT6R1 computes nt tiles of 6 tokens × 1 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 6*nt and r < 1, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT6R1(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT6R2 computes nt tiles of 6 tokens × 2 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 6*nt and r < 2, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT6R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT6R3 computes nt tiles of 6 tokens × 3 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 6*nt and r < 3, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT6R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT7R1 computes nt tiles of 7 tokens × 1 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 7*nt and r < 1, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT7R1(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT7R2 computes nt tiles of 7 tokens × 2 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 7*nt and r < 2, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT7R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT7R3 computes nt tiles of 7 tokens × 3 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 7*nt and r < 3, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT7R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT8R1 computes nt tiles of 8 tokens × 1 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 8*nt and r < 1, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT8R1(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT8R2 computes nt tiles of 8 tokens × 2 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 8*nt and r < 2, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT8R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+// tileBT8R3 computes nt tiles of 8 tokens × 3 bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < 8*nt and r < 3, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func tileBT8R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
 // sumAVX computes, with four 8-lane accumulators (a pure load loop, for
 // measuring memory bandwidth),
 //
@@ -1237,4 +1429,16 @@ var tileZTab = [3][4][6]func(w unsafe.Pointer, ldw int, xp *float32, ldp int, k 
 		{tileZF16T6R1, tileZF16T6R2, tileZF16T6R3, tileZF16T6R4, tileZF16T6R5, tileZF16T6R6},
 		{tileZF16T8R1, tileZF16T8R2, tileZF16T8R3, tileZF16T8R4, tileZF16T8R5, tileZF16T8R6},
 	},
+}
+
+// tileBTab holds the AVX512_BF16 kernels, indexed [T-1][R-1].
+var tileBTab = [8][3]func(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int){
+	{tileBT1R1, tileBT1R2, tileBT1R3},
+	{tileBT2R1, tileBT2R2, tileBT2R3},
+	{tileBT3R1, tileBT3R2, tileBT3R3},
+	{tileBT4R1, tileBT4R2, tileBT4R3},
+	{tileBT5R1, tileBT5R2, tileBT5R3},
+	{tileBT6R1, tileBT6R2, tileBT6R3},
+	{tileBT7R1, tileBT7R2, tileBT7R3},
+	{tileBT8R1, tileBT8R2, tileBT8R3},
 }

@@ -56,6 +56,9 @@ func main() {
 			prefetchAhead[d] = n
 		}
 	}
+	if v := os.Getenv("PREFETCHB_SHORT_T"); v != "" {
+		fmt.Sscan(v, &prefetchBShortT)
+	}
 	if v := os.Getenv("PREFETCHZ"); v != "" {
 		fmt.Sscan(v, &prefetchZ)
 	}
@@ -77,6 +80,11 @@ func main() {
 			}
 		}
 	}
+	for T := 1; T <= maxTB; T++ {
+		for R := 1; R <= maxRB; R++ {
+			tileB(&s, &g, T, R)
+		}
+	}
 	sum(&s, &g)
 	siluMul(&s, &g)
 	loraB(&s, &g)
@@ -94,6 +102,15 @@ func main() {
 	table(&g, "tileZTab holds the AVX-512 pair kernels, indexed [dtype][P-1][R-1]", "tileZTab",
 		"func(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)",
 		maxP, maxRZ, func(d dtype, i, R int) string { return fmt.Sprintf("tileZ%sT%dR%d", d.name, 2*i, R) })
+	fmt.Fprintf(&g, "// tileBTab holds the AVX512_BF16 kernels, indexed [T-1][R-1].\nvar tileBTab = [%d][%d]func(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int){\n", maxTB, maxRB)
+	for T := 1; T <= maxTB; T++ {
+		fmt.Fprintf(&g, "{")
+		for R := 1; R <= maxRB; R++ {
+			fmt.Fprintf(&g, "tileBT%dR%d,", T, R)
+		}
+		fmt.Fprintf(&g, "},\n")
+	}
+	fmt.Fprintf(&g, "}\n\n")
 	src := bytes.Replace(g.Bytes(), []byte("package cpu\n"), []byte("package cpu\n\nimport \"unsafe\"\n"), 1)
 	out, err := format.Source(src)
 	if err != nil {
@@ -345,7 +362,10 @@ func %s(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ld
 // a_1+a_3 for two level-1 results at once, level 3 their sum. Sum r of
 // token g ends in 128-bit lane 2*(r%2)+g of Z0, element r/2. A missing
 // partner at any level is the register itself; its sums are not stored.
-func reducePair(s *bytes.Buffer, regs []int) {
+func reducePair(s *bytes.Buffer, regs []int) { reducePairTo(s, regs, true) }
+
+// reducePairTo is reducePair, storing token 2q+1's sums only if second.
+func reducePairTo(s *bytes.Buffer, regs []int, second bool) {
 	level := func(in []int, imm1, imm2 int, op string) []int {
 		var out []int
 		for k := 0; k < len(in); k += 2 {
@@ -372,6 +392,9 @@ func reducePair(s *bytes.Buffer, regs []int) {
 			fmt.Fprintf(s, "\tVEXTRACTF32X4 $%d, Z0, X1\n", lane)
 			x = "X1"
 		}
+		if lane%2 == 1 && !second {
+			continue
+		}
 		base := []string{"(R14)", "(DI)"}[lane%2]
 		for r := lane / 2; r < len(regs); r += 2 {
 			if e := r / 2; e == 0 {
@@ -381,6 +404,133 @@ func reducePair(s *bytes.Buffer, regs []int) {
 			}
 		}
 	}
+}
+
+// maxTB and maxRB are the most tokens and weight rows of an AVX512_BF16
+// tile.
+const maxTB, maxRB = 8, 3
+
+// prefetchBShortT is the most tokens for which an AVX512_BF16 kernel
+// prefetches as far ahead as the AVX2 bf16 kernels (their loops are as
+// short), not prefetchZ.
+var prefetchBShortT = 2
+
+// vdpbf16ps returns the encoding of VDPBF16PS Z<src2>, Z<src1>, Z<dst> (Go
+// operand order; dst.f32[i] += src1.bf16[2i+1]·src2.bf16[2i+1], then
+// += src1.bf16[2i]·src2.bf16[2i], each add rounded): the Go assembler does
+// not know AVX512_BF16, so the kernels carry the EVEX bytes. The prefix is
+// 0x62, then [R̄ X̄ B̄ R̄' 0 0 m m] with map 0F38, [W v̄v̄v̄v̄ 1 p p] with
+// prefix F3, [z L'L b V̄' a a a] with 512-bit length, the opcode 0x52 and a
+// register-form ModRM.
+func vdpbf16ps(src2, src1, dst int) string {
+	inv := func(reg, bit int) int { return 1 - reg>>bit&1 }
+	p0 := inv(dst, 3)<<7 | inv(src2, 4)<<6 | inv(src2, 3)<<5 | inv(dst, 4)<<4 | 2
+	p1 := (^src1&15)<<3 | 1<<2 | 2
+	p2 := 2<<5 | inv(src1, 4)<<3
+	modrm := 3<<6 | (dst&7)<<3 | src2&7
+	return fmt.Sprintf("\tBYTE $0x62; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x52; BYTE $0x%02x // VDPBF16PS Z%d, Z%d, Z%d\n",
+		p0, p1, p2, modrm, src2, src1, dst)
+}
+
+// tileB writes an AVX512_BF16 kernel for T tokens × R weight rows over bf16
+// weights and inputs already rounded to bf16: one VDPBF16PS multiplies 32
+// weight-input pairs into 16 lanes, half the instructions of widening the
+// weights for 512-bit FMAs. Lane i of a (token, row) accumulator takes
+// elements 32c+2i+1, then 32c+2i, of each chunk c; the 16 lanes then fold
+// into eight (lane i plus lane i+8) and reduce in reduce8's order, so one
+// sum depends on k alone, never on T, R or the tile.
+//
+// Registers: weights Z0-Z2 (row r at (SI)+r*ldw, R9 = ldw in bytes), the
+// token's inputs in Z4/Z5 (token t at (DI)+t*ldx for t ∈ {0,1,2,4},
+// (R10)+… = DI+3·ldx on for 3 and 5, (R11) = DI+6·ldx for 6 and 7, DX = ldx
+// in bytes), accumulators from Z8.
+func tileB(s, g *bytes.Buffer, T, R int) {
+	name := fmt.Sprintf("tileBT%dR%d", T, R)
+	fmt.Fprintf(g, `// %s computes nt tiles of %d tokens × %d bf16 weight rows with
+// AVX512_BF16, for inputs x already rounded to bf16 (token t at x[t*ldx:]):
+// for t < %d*nt and r < %d, out[t*ldo+r*ldr] = dotBF16Go's sum of the first
+// k (a multiple of 32) elements, bit for bit (subnormals aside).
+//
+//go:noescape
+func %s(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
+
+`, name, T, R, T, R, name)
+	fmt.Fprintf(s, "\n// func %s(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)\n", name)
+	fmt.Fprintf(s, "TEXT ·%s(SB), NOSPLIT, $0-72\n", name)
+	fmt.Fprintf(s, "\tMOVQ ldw+8(FP), R9\n\tSHLQ $1, R9\n")
+	fmt.Fprintf(s, "\tMOVQ x+16(FP), R12\n\tMOVQ ldx+24(FP), DX\n\tSHLQ $1, DX\n")
+	fmt.Fprintf(s, "\tMOVQ out+40(FP), R14\n\tMOVQ nt+56(FP), R13\n")
+	fmt.Fprintf(s, "%s_outer:\n", name)
+	fmt.Fprintf(s, "\tMOVQ w+0(FP), SI\n\tMOVQ R12, DI\n")
+	if T > 3 {
+		fmt.Fprintf(s, "\tLEAQ (DI)(DX*2), R10\n\tADDQ DX, R10\n")
+	}
+	if T > 6 {
+		fmt.Fprintf(s, "\tLEAQ (R10)(DX*2), R11\n\tADDQ DX, R11\n")
+	}
+	fmt.Fprintf(s, "\tMOVQ k+32(FP), CX\n\tSHRQ $5, CX\n")
+	acc := func(t, r int) int { return 8 + t*R + r }
+	for t := 0; t < T; t++ {
+		for r := 0; r < R; r++ {
+			fmt.Fprintf(s, "\tVPXORD Z%d, Z%d, Z%d\n", acc(t, r), acc(t, r), acc(t, r))
+		}
+	}
+	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ %s_reduce\n", name)
+	fmt.Fprintf(s, "%s_loop:\n", name)
+	rowSrc := []string{"(SI)", "(SI)(R9*1)", "(SI)(R9*2)"}
+	pf := prefetchZ
+	if T <= prefetchBShortT {
+		pf = prefetchAhead["BF16"]
+	}
+	if pf > 0 {
+		for r := 0; r < R; r++ {
+			fmt.Fprintf(s, "\tPREFETCHT0 %d%s\n", pf, rowSrc[r])
+		}
+	}
+	for r := 0; r < R; r++ {
+		fmt.Fprintf(s, "\tVMOVDQU32 %s, Z%d\n", rowSrc[r], r)
+	}
+	tokSrc := []string{"(DI)", "(DI)(DX*1)", "(DI)(DX*2)", "(R10)", "(DI)(DX*4)", "(R10)(DX*2)", "(R11)", "(R11)(DX*1)"}
+	for t := 0; t < T; t++ {
+		xr := 4 + t%2
+		fmt.Fprintf(s, "\tVMOVDQU32 %s, Z%d\n", tokSrc[t], xr)
+		for r := 0; r < R; r++ {
+			s.WriteString(vdpbf16ps(xr, r, acc(t, r)))
+		}
+	}
+	fmt.Fprintf(s, "\tADDQ $64, SI\n\tADDQ $64, DI\n")
+	if T > 3 {
+		fmt.Fprintf(s, "\tADDQ $64, R10\n")
+	}
+	if T > 6 {
+		fmt.Fprintf(s, "\tADDQ $64, R11\n")
+	}
+	fmt.Fprintf(s, "\tDECQ CX\n\tJNZ %s_loop\n", name)
+	fmt.Fprintf(s, "%s_reduce:\n\tMOVQ ldo+48(FP), BX\n\tSHLQ $2, BX\n\tMOVQ ldr+64(FP), AX\n\tSHLQ $2, AX\n", name)
+	fmt.Fprintf(s, "\tLEAQ (AX)(AX*2), CX\n\tLEAQ (AX)(AX*4), SI\n") // 3 and 5 rows on
+	for q := 0; 2*q < T; q++ {
+		second := 2*q+1 < T
+		// Fold each row's two tokens into one register: lanes 0-7 token
+		// 2q's lanes i+(i+8), 8-15 token 2q+1's (or 2q's again).
+		regs := make([]int, R)
+		for r := range regs {
+			a, b := acc(2*q, r), acc(2*q, r)
+			if second {
+				b = acc(2*q+1, r)
+			}
+			fmt.Fprintf(s, "\tVSHUFF32X4 $0x44, Z%d, Z%d, Z0\n\tVSHUFF32X4 $0xee, Z%d, Z%d, Z1\n\tVADDPS Z1, Z0, Z%d\n", b, a, b, a, a)
+			regs[r] = a
+		}
+		fmt.Fprintf(s, "\tLEAQ (R14)(BX*1), DI\n")
+		reducePairTo(s, regs, second)
+		fmt.Fprintf(s, "\tLEAQ (R14)(BX*2), R14\n")
+	}
+	if T%2 == 1 {
+		fmt.Fprintf(s, "\tSUBQ BX, R14\n")
+	}
+	fmt.Fprintf(s, "\tMOVQ DX, AX\n\tIMULQ $%d, AX\n\tADDQ AX, R12\n", T)
+	fmt.Fprintf(s, "\tDECQ R13\n\tJNZ %s_outer\n", name)
+	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
 }
 
 func sum(s, g *bytes.Buffer) {

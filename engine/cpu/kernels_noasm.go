@@ -10,6 +10,14 @@ const haveAsm = false
 // haveAVX512 is false: this build has no assembly kernels.
 const haveAVX512 = false
 
+// haveBF16Dot is false: this build has no assembly kernels.
+const haveBF16Dot = false
+
+// tileBAsm is never called when haveBF16Dot is false.
+func tileBAsm(T, R int, w unsafe.Pointer, ldw int, x *uint16, ldx, k int, out *float32, ldo, nt, ldr int) {
+	panic("cpu: no assembly kernels in this build")
+}
+
 // tileZAsm is never called when haveAVX512 is false.
 func tileZAsm(dt int, P, R int, w unsafe.Pointer, ldw int, xp *float32, ldp, k int, out *float32, ldo, nt, ldr int) {
 	panic("cpu: no assembly kernels in this build")

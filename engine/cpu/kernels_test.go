@@ -18,6 +18,11 @@ func kernelSets(t testing.TB) map[string]kernelSet {
 		sets["asm"] = kernelSet{asm: true}
 		if haveAVX512 {
 			sets["avx512"] = kernelSet{asm: true, avx512: true}
+			if haveBF16Dot {
+				sets["bf16dot"] = kernelSet{asm: true, avx512: true, bf16dot: true}
+			} else {
+				t.Log("no AVX512_BF16 on this machine: the VDPBF16PS kernels are not tested")
+			}
 		} else {
 			t.Log("no AVX-512 on this machine: the pair kernels are not tested")
 		}
@@ -60,7 +65,8 @@ func randVec(rng *rand.Rand, n int) []float32 {
 
 var dtypes = []model.DType{model.F32, model.BF16, model.F16}
 
-// refGemm computes the products in float64 from the decoded weights.
+// refGemm computes the products in float64 from the decoded weights (with
+// bf16 weights, of the inputs rounded to bf16).
 func refGemm(w *model.Matrix, bias, x []float32, n int) []float64 {
 	out := make([]float64, n*w.Rows)
 	row := make([]float32, w.Cols)
@@ -69,7 +75,11 @@ func refGemm(w *model.Matrix, bias, x []float32, n int) []float64 {
 		for t := 0; t < n; t++ {
 			var s float64
 			for i, v := range row {
-				s += float64(v) * float64(x[t*w.Cols+i])
+				xi := x[t*w.Cols+i]
+				if w.DType == model.BF16 {
+					xi = refBF16(xi)
+				}
+				s += float64(v) * float64(xi)
 			}
 			if bias != nil {
 				s += float64(bias[r])
@@ -251,6 +261,11 @@ func TestTileZEveryShape(t *testing.T) {
 				for nt := 1; nt <= 2; nt++ {
 					n := 2 * P * nt
 					x := randVec(rng, n*in)
+					if dt == model.BF16 { // the pack rounds; the AVX2 kernel reads x as is
+						for i, v := range x {
+							x[i] = bf16Value(v)
+						}
+					}
 					xp := avx512.pack(x, in, n, in, dtIndex(dt), nil, nil)
 					got := make([]float32, n*ldo)
 					want := make([]float32, n*ldo)
@@ -297,6 +312,142 @@ func TestLoRAB(t *testing.T) {
 					if d := math.Abs(float64(out[o] - goOut[o])); d > 1e-5*(1+math.Abs(want)) {
 						t.Fatalf("%s r=%d rows=%d: out[%d] = %g, pure Go %g", name, r, rows, o, out[o], goOut[o])
 					}
+				}
+			}
+		}
+	}
+}
+
+// refBF16 rounds x to the nearest bf16 value, ties to even, by comparing the
+// two neighbouring bf16 values in float64 (an implementation independent of
+// toBF16); subnormals flush to zero and NaN stays NaN.
+func refBF16(x float32) float32 {
+	if x != x {
+		return x
+	}
+	if math.Abs(float64(x)) < 0x1p-126 {
+		return float32(math.Copysign(0, float64(x)))
+	}
+	u := math.Float32bits(x)
+	lo := math.Float32frombits(u &^ 0xffff)
+	hi := math.Float32frombits(u&^0xffff + 0x10000) // the next bf16 away from zero (or Inf)
+	dl, dh := math.Abs(float64(x)-float64(lo)), math.Abs(float64(hi)-float64(x))
+	if math.IsInf(float64(hi), 0) {
+		dh = 0x1p128 - math.Abs(float64(x)) // Inf is where 2¹²⁸ would be
+	}
+	if dl < dh || dl == dh && (u>>16)&1 == 0 {
+		return lo
+	}
+	return hi
+}
+
+// TestToBF16 checks the rounding of inputs for bf16 products against
+// refBF16 and at its edges: ties to even, overflow to infinity, NaN,
+// subnormals.
+func TestToBF16(t *testing.T) {
+	for _, c := range []struct{ in, want uint32 }{
+		{0x3f800000, 0x3f80}, {0x3f808000, 0x3f80}, {0x3f818000, 0x3f82}, {0x3f808001, 0x3f81},
+		{0xbf818000, 0xbf82}, {0x7f7fffff, 0x7f80}, {0x7f800000, 0x7f80}, {0xff800000, 0xff80},
+		{0x00000001, 0x0000}, {0x807fffff, 0x8000}, {0x00800000, 0x0080},
+	} {
+		if got := toBF16(math.Float32frombits(c.in)); uint32(got) != c.want {
+			t.Errorf("toBF16(%#08x) = %#04x, want %#04x", c.in, got, c.want)
+		}
+	}
+	if v := bf16Value(math.Float32frombits(0x7f800001)); v == v {
+		t.Errorf("NaN rounds to %g", v)
+	}
+	rng := rand.New(rand.NewPCG(9, 10))
+	for range 1 << 20 {
+		x := math.Float32frombits(rng.Uint32())
+		if x != x {
+			continue
+		}
+		if got, want := bf16Value(x), refBF16(x); math.Float32bits(got) != math.Float32bits(want) {
+			t.Fatalf("bf16(%g = %#08x) = %#08x, want %#08x", x, math.Float32bits(x), math.Float32bits(got), math.Float32bits(want))
+		}
+	}
+}
+
+// dotBF16Go is the sum the AVX512_BF16 kernels compute for one weight row
+// and one token over the first k32 elements (a multiple of 32), both bf16:
+// lane i of 16 adds, per chunk of 32, the products of elements 2i+1 and
+// then 2i (VDPBF16PS's order; each product of two bf16 values is exact in
+// float32, so only the adds round), then lane i and i+8 add and reduce8
+// sums the eight.
+func dotBF16Go(w, x []uint16, k32 int) float32 {
+	var acc [16]float32
+	f := func(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
+	for c := 0; c < k32; c += 32 {
+		for i := range acc {
+			acc[i] += f(w[c+2*i+1]) * f(x[c+2*i+1])
+			acc[i] += f(w[c+2*i]) * f(x[c+2*i])
+		}
+	}
+	var a [8]float32
+	for i := range a {
+		a[i] = acc[i] + acc[i+8]
+	}
+	return reduce8(&a)
+}
+
+// TestTileBEveryShape runs every AVX512_BF16 kernel (1-8 tokens × 1-3
+// rows, one and two tiles) with strided rows and outputs, and checks each
+// sum is dotBF16Go's bit for bit and nothing else in out is written. It
+// then checks whole products (tails, bias, row splits) against the same
+// sums.
+func TestTileBEveryShape(t *testing.T) {
+	if !haveBF16Dot {
+		t.Skip("no AVX512_BF16 on this machine")
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	ks := kernelSet{asm: true, avx512: true, bf16dot: true}
+	const in, rs, ldo = 96, 3, 29
+	w := randMatrix(rng, model.BF16, 3*rs, in)
+	wv := matrixView(w)
+	for T := 1; T <= tileTB; T++ {
+		for R := 1; R <= tileRB; R++ {
+			for nt := 1; nt <= 2; nt++ {
+				n := T * nt
+				x := randVec(rng, n*in)
+				xp := ks.pack(x, in, n, in, dtBF16, nil, nil)
+				got := make([]float32, n*ldo)
+				want := make([]float32, n*ldo)
+				for i := range got {
+					got[i], want[i] = -1e30, -1e30 // never a sum here
+				}
+				ks.tileB(&wv, 0, R, rs, xp, 0, T, nt, got, ldo)
+				for tt := 0; tt < n; tt++ {
+					for r := 0; r < R; r++ {
+						want[tt*ldo+r*rs] = dotBF16Go(w.U16[r*rs*in:], xp.b16[tt*in:], in)
+					}
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("T=%d R=%d nt=%d:\n%v\nwant\n%v", T, R, nt, got, want)
+				}
+			}
+		}
+	}
+	for _, shape := range [][3]int{{1, 32, 1}, {7, 45, 5}, {10, 64, 9}, {5, 3, 2}, {13, 100, 70}, {12, 576, 8}, {4, 31, 3}} {
+		rows, in, n := shape[0], shape[1], shape[2]
+		w := randMatrix(rng, model.BF16, rows, in)
+		x, bias := randVec(rng, n*in), randVec(rng, rows)
+		out := make([]float32, n*rows)
+		ks.gemm(matrixView(w), bias, x, in, n, in, out, rows, 0, rows, nil)
+		xb := make([]uint16, len(x))
+		for i, v := range x {
+			xb[i] = toBF16(v)
+		}
+		k32 := in &^ 31
+		for tt := 0; tt < n; tt++ {
+			for r := 0; r < rows; r++ {
+				s := dotBF16Go(w.U16[r*in:], xb[tt*in:], k32)
+				for i := k32; i < in; i++ {
+					s += math.Float32frombits(uint32(w.U16[r*in+i])<<16) * math.Float32frombits(uint32(xb[tt*in+i])<<16)
+				}
+				s += bias[r]
+				if got := out[tt*rows+r]; math.Float32bits(got) != math.Float32bits(s) {
+					t.Fatalf("%v: out[%d, %d] = %g, want %g", shape, tt, r, got, s)
 				}
 			}
 		}

@@ -120,18 +120,20 @@ func argmax(v []float32) int32 {
 
 // TestMixedBatchEqualsAlone runs rows with different adapters, lengths and
 // positions in one step and checks each equals the same row run alone, bit
-// for bit.
+// for bit, with f32 and with bf16 weights.
 func TestMixedBatchEqualsAlone(t *testing.T) {
 	cases, td, err := refcase.Cases()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var base refcase.Case
 	for _, c := range cases {
-		if c.Name == "llama_base" {
-			base = c
+		if c.Name == "llama_base" || c.Name == "llama_bf16_base" {
+			t.Run(c.Name, func(t *testing.T) { mixedBatchEqualsAlone(t, td, c) })
 		}
 	}
+}
+
+func mixedBatchEqualsAlone(t *testing.T, td string, base refcase.Case) {
 	ex, _ := load(t, td, base)
 	cfg := ex.Config()
 	a1, _, err := adapters.LoadDir("a1", filepath.Join(td, "adapters/tiny-llama-lora"), cfg)

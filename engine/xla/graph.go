@@ -21,16 +21,17 @@ type loraNode struct {
 
 // net is a model being built as a graph.
 type net struct {
-	cfg  *model.Config
-	w    modelOf[*Node]
-	lora map[[2]int]loraNode // (layer, module) -> pair
+	cfg   *model.Config
+	w     modelOf[*Node]
+	lora  map[[2]int]loraNode // (layer, module) -> pair
+	round bf16In
 }
 
 // newNet binds the graph inputs in: the LoRA pairs of sig (A then B each),
 // then the weights of the first n layers, exactly as loraInputs and
 // weightSet.args produce them.
-func newNet(cfg *model.Config, sig []loraPair, n int, in []*Node) *net {
-	nt := &net{cfg: cfg, lora: map[[2]int]loraNode{}}
+func newNet(cfg *model.Config, round bf16In, sig []loraPair, n int, in []*Node) *net {
+	nt := &net{cfg: cfg, lora: map[[2]int]loraNode{}, round: round}
 	for i, p := range sig {
 		nt.lora[[2]int{p.layer, int(p.mod)}] = loraNode{a: in[2*i], b: in[2*i+1], scale: p.scale}
 	}
@@ -48,7 +49,7 @@ func newNet(cfg *model.Config, sig []loraPair, n int, in []*Node) *net {
 // linear applies module m of layer l to x [B,T,in]: x·Wᵀ + b + scale·(x·Aᵀ)·Bᵀ.
 func (nt *net) linear(l int, m model.Module, x *Node) *Node {
 	L := &nt.w.layers[l]
-	y := Einsum("bti,oi->bto", x, L.w[m])
+	y := Einsum("bti,oi->bto", productInput(x, nt.round.proj[l][m]), L.w[m])
 	if L.b[m] != nil {
 		y = Add(y, lastAxis(L.b[m], y.Rank()))
 	}
@@ -58,6 +59,26 @@ func (nt *net) linear(l int, m model.Module, x *Node) *Node {
 		y = Add(y, MulScalar(u, float64(p.scale)))
 	}
 	return y
+}
+
+// productInput is x as a product with weights stored bf16 (if bf16) reads
+// it: rounded to bf16 like the cpu executor's inputs, and straight through
+// for gradients (x + (r-x) is r exactly: r-x is exact, r representable).
+//
+// The rounding is float32 arithmetic, since simplego's float32 → bf16
+// conversion truncates: adding c = ±2^(e+16), e = ⌊log2|x|⌋, makes x's bf16
+// step 2^(e-7) the sum's ulp, so the add rounds x to bf16, ties to even (c
+// is an even multiple of that step), and subtracting c again is exact. An e
+// misjudged by the logarithm at the edge of a binade changes nothing: such x
+// round to the edge either way. Zero stays zero (c = 0).
+func productInput(x *Node, bf16 bool) *Node {
+	if !bf16 {
+		return x
+	}
+	e := Floor(MulScalar(Log(Abs(x)), 1/math.Ln2))
+	c := Mul(Sign(x), Pow(AddScalar(OnesLike(x), 1), AddScalar(e, 16)))
+	r := Sub(Add(x, c), c)
+	return Add(x, StopGradient(Sub(r, x)))
 }
 
 // rmsNorm is x·(1/sqrt(mean(x²)+eps))·w over the last axis.
@@ -197,7 +218,7 @@ func (nt *net) embed(tokens *Node) *Node { // tokens [B,T] int32 -> [B,T,H]
 
 // logits maps final hidden states [..., H] to [..., vocab].
 func (nt *net) logits(x *Node) *Node {
-	x = nt.rmsNorm(x, nt.w.finalNorm)
+	x = productInput(nt.rmsNorm(x, nt.w.finalNorm), nt.round.head)
 	var y *Node
 	if x.Rank() == 2 {
 		y = Einsum("bh,vh->bv", x, nt.w.lmHead)
@@ -218,7 +239,7 @@ func (e *Executor) buildForward(spec fwdSpec, in []*Node) []*Node {
 	if spec.mode == engine.LogitsLast {
 		sel, in = in[0], in[1:]
 	}
-	nt := newNet(e.cfg, spec.lora, spec.layers, in)
+	nt := newNet(e.cfg, e.weights.round, spec.lora, spec.layers, in)
 	g := tokens.Graph()
 	T := tokens.Shape().Dimensions[1]
 	rp := nt.rope(g, T)

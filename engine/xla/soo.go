@@ -157,7 +157,7 @@ func (s sooSpec) key() string {
 func (e *Executor) buildSOO(spec sooSpec, in []*Node) []*Node {
 	tokens, w, invDenom := in[0], in[1], in[2]
 	loraIn := in[3 : 3+2*len(spec.lora)]
-	nt := newNet(e.cfg, spec.lora, spec.layer+1, in[3:])
+	nt := newNet(e.cfg, e.weights.round, spec.lora, spec.layer+1, in[3:])
 	g := tokens.Graph()
 	T := tokens.Shape().Dimensions[1]
 	rp := nt.rope(g, T)

@@ -55,8 +55,16 @@ func (m *modelOf[T]) fields(cfg *model.Config, n int) []*T {
 
 // weightSet is the model's weights as float32 tensors resident on the backend.
 type weightSet struct {
-	cfg *model.Config
-	t   modelOf[*tensors.Tensor]
+	cfg   *model.Config
+	t     modelOf[*tensors.Tensor]
+	round bf16In
+}
+
+// bf16In records which products read their inputs rounded to bf16: those
+// whose weights are stored bf16, as the cpu executor computes them.
+type bf16In struct {
+	proj [][model.NumModules]bool // [layer][module]
+	head bool
 }
 
 func newWeightSet(m *model.Model, b backends.Backend) *weightSet {
@@ -68,6 +76,13 @@ func newWeightSet(m *model.Model, b backends.Backend) *weightSet {
 	w.finalNorm = vecTensor(m.FinalNorm)
 	if !cfg.TieEmbeddings {
 		w.lmHead = matrixTensor(m.LMHead)
+	}
+	ws.round.head = m.LMHead.DType == model.BF16
+	ws.round.proj = make([][model.NumModules]bool, cfg.Layers)
+	for l := range ws.round.proj {
+		for mod := range model.NumModules {
+			ws.round.proj[l][mod] = m.Layers[l].Proj[mod].W.DType == model.BF16
+		}
 	}
 	for l := range w.layers {
 		src, dst := &m.Layers[l], &w.layers[l]

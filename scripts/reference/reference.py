@@ -318,12 +318,18 @@ class Model:
         self.cfg = cfg
         self.mt = cfg["model_type"]
         self.W = {k: v.to(dtype) for k, v in weights.items()}
+        # Products with bf16-stored weights take inputs rounded to bf16 (the
+        # engines' semantics, as llama.cpp's on AVX512_BF16 CPUs): the
+        # engines round their float32 activations, so this rounds the
+        # float32 value of x.
+        self.bf16 = {k for k, v in weights.items() if v.dtype == torch.bfloat16}
         self.lora = lora
         self.dtype = dtype
         if cfg["tie_word_embeddings"]:
-            self.lm_head = self.W["model.embed_tokens.weight"]
+            self.lm_head_name = "model.embed_tokens.weight"
         else:
-            self.lm_head = self.W["lm_head.weight"]
+            self.lm_head_name = "lm_head.weight"
+        self.lm_head = self.W[self.lm_head_name]
 
     def norm(self, x, name):
         w = self.W[name]
@@ -333,8 +339,16 @@ class Model:
             return y * (1.0 + w)
         return w * y
 
+    def product_input(self, x, name):
+        """x as the product with weight `name` reads it: rounded through
+        float32 to bf16 for bf16 weights (straight through for gradients)."""
+        if name not in self.bf16:
+            return x
+        r = x.to(torch.float32).to(torch.bfloat16).to(x.dtype)
+        return x + (r - x).detach()
+
     def linear(self, x, mp):
-        y = x @ self.W[mp + ".weight"].T
+        y = self.product_input(x, mp + ".weight") @ self.W[mp + ".weight"].T
         b = self.W.get(mp + ".bias")
         if b is not None:
             y = y + b
@@ -426,7 +440,7 @@ class Model:
             if acts is not None:
                 acts[f"resid_post.{L}"] = x
         x = self.norm(x, "model.norm.weight")
-        logits = x @ self.lm_head.T
+        logits = self.product_input(x, self.lm_head_name) @ self.lm_head.T
         if self.mt == "gemma2" and cfg.get("final_logit_softcapping"):
             c = cfg["final_logit_softcapping"]
             logits = torch.tanh(logits / c) * c
