@@ -147,12 +147,16 @@ func (ks kernelSet) pack(x []float32, ldx, n, in, dt int, buf []float32, fill fu
 		if k32 > 0 {
 			p.b16 = unsafe.Slice((*uint16)(unsafe.Pointer(&buf[0])), 2*len(buf))[:n*k32]
 		}
+		if n*k32 <= 1<<14 {
+			// A decode step's inputs: rounding them here beat handing
+			// them to both threads (8-sequence bf16 steps, alternating in
+			// one process: 1.5–3% faster), since the rounding takes less
+			// than the threads take to meet.
+			fill = nil
+		}
 		run(n, func(t0, t1 int) {
 			for t := t0; t < t1; t++ {
-				src, dst := x[t*ldx:t*ldx+k32], p.b16[t*k32:(t+1)*k32]
-				for i, v := range src {
-					dst[i] = toBF16(v)
-				}
+				packBF16Asm(x[t*ldx:t*ldx+k32], p.b16[t*k32:(t+1)*k32])
 			}
 		})
 		return p

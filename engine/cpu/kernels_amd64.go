@@ -31,6 +31,20 @@ func tileBAsm(T, R int, w unsafe.Pointer, ldw int, x *uint16, ldx, k int, out *f
 	tileBTab[T-1][R-1](w, ldw, x, ldx, k, out, ldo, nt, ldr)
 }
 
+// packBF16Asm writes x rounded to bf16 (toBF16) to out (len(out) >=
+// len(x)) with VCVTNE2PS2BF16 where the CPU has it.
+func packBF16Asm(x []float32, out []uint16) {
+	n := 0
+	if haveBF16Dot && len(x) >= 32 {
+		n = len(x) &^ 31
+		_ = out[n-1]
+		packBF16AVX(&x[0], n, &out[0])
+	}
+	for i, v := range x[n:] {
+		out[n+i] = toBF16(v)
+	}
+}
+
 // tileZAsm runs nt tiles of the generated AVX-512 kernel for P token pairs
 // and R rows (see tileZTab).
 func tileZAsm(dt int, P, R int, w unsafe.Pointer, ldw int, xp *float32, ldp, k int, out *float32, ldo, nt, ldr int) {

@@ -16149,6 +16149,27 @@ tileBT8R3_reduce:
 	VZEROUPPER
 	RET
 
+// func packBF16AVX(x *float32, n int, out *uint16)
+TEXT ·packBF16AVX(SB), NOSPLIT, $0-24
+	MOVQ x+0(FP), SI
+	MOVQ n+8(FP), CX
+	SHRQ $5, CX
+	MOVQ out+16(FP), DI
+	TESTQ CX, CX
+	JZ packBF16AVX_done
+packBF16AVX_loop:
+	VMOVUPS (SI), Z0
+	VMOVUPS 64(SI), Z1
+	BYTE $0x62; BYTE $0xf2; BYTE $0x77; BYTE $0x48; BYTE $0x72; BYTE $0xd0 // VCVTNE2PS2BF16 Z0, Z1, Z2
+	VMOVDQU32 Z2, (DI)
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ packBF16AVX_loop
+packBF16AVX_done:
+	VZEROUPPER
+	RET
+
 // func sumAVX(x *float32, n int) float32
 TEXT ·sumAVX(SB), NOSPLIT, $0-20
 	MOVQ x+0(FP), SI

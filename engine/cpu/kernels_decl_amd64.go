@@ -1278,6 +1278,12 @@ func tileBT8R2(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float3
 //go:noescape
 func tileBT8R3(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)
 
+// packBF16AVX writes the first n (a multiple of 32) elements of x rounded
+// to bf16 (toBF16, bit for bit) to out.
+//
+//go:noescape
+func packBF16AVX(x *float32, n int, out *uint16)
+
 // sumAVX computes, with four 8-lane accumulators (a pure load loop, for
 // measuring memory bandwidth),
 //

@@ -85,6 +85,7 @@ func main() {
 			tileB(&s, &g, T, R)
 		}
 	}
+	packBF16(&s, &g)
 	sum(&s, &g)
 	siluMul(&s, &g)
 	loraB(&s, &g)
@@ -422,14 +423,43 @@ var prefetchBShortT = 2
 // 0x62, then [R̄ X̄ B̄ R̄' 0 0 m m] with map 0F38, [W v̄v̄v̄v̄ 1 p p] with
 // prefix F3, [z L'L b V̄' a a a] with 512-bit length, the opcode 0x52 and a
 // register-form ModRM.
-func vdpbf16ps(src2, src1, dst int) string {
+func vdpbf16ps(src2, src1, dst int) string { return evex0F38("VDPBF16PS", 2, 0x52, src2, src1, dst) }
+
+// vcvtne2ps2bf16 returns the encoding of VCVTNE2PS2BF16 Z<src2>, Z<src1>,
+// Z<dst>: dst's low 16 bf16 are src2 rounded (to nearest even, subnormals
+// to zero), its high 16 src1 (prefix F2, opcode 0x72).
+func vcvtne2ps2bf16(src2, src1, dst int) string {
+	return evex0F38("VCVTNE2PS2BF16", 3, 0x72, src2, src1, dst)
+}
+
+// evex0F38 encodes a 512-bit register-form EVEX instruction of map 0F38
+// with prefix pp (2: F3, 3: F2) and opcode op.
+func evex0F38(name string, pp, op, src2, src1, dst int) string {
 	inv := func(reg, bit int) int { return 1 - reg>>bit&1 }
 	p0 := inv(dst, 3)<<7 | inv(src2, 4)<<6 | inv(src2, 3)<<5 | inv(dst, 4)<<4 | 2
-	p1 := (^src1&15)<<3 | 1<<2 | 2
+	p1 := (^src1&15)<<3 | 1<<2 | pp
 	p2 := 2<<5 | inv(src1, 4)<<3
 	modrm := 3<<6 | (dst&7)<<3 | src2&7
-	return fmt.Sprintf("\tBYTE $0x62; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x52; BYTE $0x%02x // VDPBF16PS Z%d, Z%d, Z%d\n",
-		p0, p1, p2, modrm, src2, src1, dst)
+	return fmt.Sprintf("\tBYTE $0x62; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x // %s Z%d, Z%d, Z%d\n",
+		p0, p1, p2, op, modrm, name, src2, src1, dst)
+}
+
+// packBF16 writes packBF16AVX, the rounding of inputs to bf16 for the
+// AVX512_BF16 kernels.
+func packBF16(s, g *bytes.Buffer) {
+	fmt.Fprintf(g, `// packBF16AVX writes the first n (a multiple of 32) elements of x rounded
+// to bf16 (toBF16, bit for bit) to out.
+//
+//go:noescape
+func packBF16AVX(x *float32, n int, out *uint16)
+
+`)
+	fmt.Fprintf(s, "\n// func packBF16AVX(x *float32, n int, out *uint16)\n")
+	fmt.Fprintf(s, "TEXT ·packBF16AVX(SB), NOSPLIT, $0-24\n\tMOVQ x+0(FP), SI\n\tMOVQ n+8(FP), CX\n\tSHRQ $5, CX\n\tMOVQ out+16(FP), DI\n")
+	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ packBF16AVX_done\npackBF16AVX_loop:\n\tVMOVUPS (SI), Z0\n\tVMOVUPS 64(SI), Z1\n")
+	s.WriteString(vcvtne2ps2bf16(0, 1, 2))
+	fmt.Fprintf(s, "\tVMOVDQU32 Z2, (DI)\n\tADDQ $128, SI\n\tADDQ $64, DI\n\tDECQ CX\n\tJNZ packBF16AVX_loop\n")
+	fmt.Fprintf(s, "packBF16AVX_done:\n\tVZEROUPPER\n\tRET\n")
 }
 
 // tileB writes an AVX512_BF16 kernel for T tokens × R weight rows over bf16

@@ -18,6 +18,13 @@ func tileBAsm(T, R int, w unsafe.Pointer, ldw int, x *uint16, ldx, k int, out *f
 	panic("cpu: no assembly kernels in this build")
 }
 
+// packBF16Asm writes x rounded to bf16 (toBF16) to out.
+func packBF16Asm(x []float32, out []uint16) {
+	for i, v := range x {
+		out[i] = toBF16(v)
+	}
+}
+
 // tileZAsm is never called when haveAVX512 is false.
 func tileZAsm(dt int, P, R int, w unsafe.Pointer, ldw int, xp *float32, ldp, k int, out *float32, ldo, nt, ldr int) {
 	panic("cpu: no assembly kernels in this build")

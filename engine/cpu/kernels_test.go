@@ -358,6 +358,22 @@ func TestToBF16(t *testing.T) {
 		t.Errorf("NaN rounds to %g", v)
 	}
 	rng := rand.New(rand.NewPCG(9, 10))
+	// The vector rounding (VCVTNE2PS2BF16 where the CPU has it) is toBF16,
+	// NaNs, infinities and subnormals included, over a length with a tail.
+	x := make([]float32, 1<<16+13)
+	for i := range x {
+		x[i] = math.Float32frombits(rng.Uint32())
+		if i%7 == 0 { // subnormals and NaNs are rare among random bits
+			x[i] = math.Float32frombits(rng.Uint32()&0x807fffff | uint32(rng.IntN(2))*0x7f800000)
+		}
+	}
+	got := make([]uint16, len(x))
+	packBF16Asm(x, got)
+	for i, v := range x {
+		if want := toBF16(v); got[i] != want {
+			t.Fatalf("packBF16Asm(%#08x) = %#04x, toBF16 %#04x", math.Float32bits(v), got[i], want)
+		}
+	}
 	for range 1 << 20 {
 		x := math.Float32frombits(rng.Uint32())
 		if x != x {
