@@ -39,7 +39,8 @@ type benchResult struct {
 	DecodeTokensPerS       float64   `json:"decode_tokens_per_s"`
 	DecodeStepMS           float64   `json:"decode_step_ms"`
 	SingleDecodeTokensPerS float64   `json:"single_decode_tokens_per_s,omitempty"`
-	BatchSpeedup           float64   `json:"batch_speedup,omitempty"`
+	BatchSpeedup           float64   `json:"batch_speedup,omitempty"`  // median of batch_speedups
+	BatchSpeedups          []float64 `json:"batch_speedups,omitempty"` // batch rate over the single rate, each from a pair of adjacent runs
 	Prefill128S            float64   `json:"prefill_128_s"`
 	BandwidthGBs           float64   `json:"bandwidth_gb_s,omitempty"`
 	BoundTokensPerS        float64   `json:"bandwidth_bound_tokens_per_s,omitempty"`
@@ -259,8 +260,10 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 	// decodeCycles times steps decode steps of batch sequences (after two
 	// warm-up steps) and returns their times in cycles groups of
 	// steps/cycles; pause, if not nil, runs untimed before each group.
-	// decode is one group's median.
-	decodeCycles := func(batch int, ads []*lora.Adapter, cycles int, pause func()) ([][]float64, error) {
+	// With alternate, the rows carry ads on every other step only, and the
+	// two groups are the steps without and with them. decode is one
+	// group's median.
+	decodeCycles := func(batch int, ads []*lora.Adapter, cycles int, pause func(), alternate bool) ([][]float64, error) {
 		seqs := make([]engine.Sequence, batch)
 		rows := make([]engine.Row, batch)
 		for i := range seqs {
@@ -282,28 +285,43 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 		}
 		per := max(1, steps/cycles)
 		times := make([][]float64, 0, cycles)
-		for step := 0; step < steps+2; step++ {
-			if k := step - 2; k >= 0 && k%per == 0 && len(times) < cycles {
+		if alternate {
+			times = make([][]float64, 2)
+		}
+		n := steps
+		if alternate {
+			n = max(n, 2) // a step of each kind
+		}
+		for step := 0; step < n+2; step++ {
+			if k := step - 2; !alternate && k >= 0 && k%per == 0 && len(times) < cycles {
 				if pause != nil {
 					pause()
 				}
 				times = append(times, nil)
 			}
+			g := len(times) - 1
 			for i := range rows {
 				rows[i].Tokens = []int32{argmax(out[i].Logits.Data)}
+				if alternate {
+					g = step % 2
+					rows[i].Adapter = nil
+					if g == 1 {
+						rows[i].Adapter = ads[i%len(ads)]
+					}
+				}
 			}
 			t0 := time.Now()
 			if out, err = ex.Forward(ctx, rows); err != nil {
 				return nil, err
 			}
 			if step >= 2 { // two warm-up steps
-				times[len(times)-1] = append(times[len(times)-1], time.Since(t0).Seconds())
+				times[g] = append(times[g], time.Since(t0).Seconds())
 			}
 		}
 		return times, nil
 	}
 	decode := func(batch int, ads []*lora.Adapter) (float64, error) {
-		t, err := decodeCycles(batch, ads, 1, nil)
+		t, err := decodeCycles(batch, ads, 1, nil, false)
 		if err != nil {
 			return 0, err
 		}
@@ -321,7 +339,7 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 		defer probe.Close()
 		pause = func() { bws = append(bws, probe.Measure(threads, 3)/1e9) }
 	}
-	ct, err := decodeCycles(batch, nil, cycles, pause)
+	ct, err := decodeCycles(batch, nil, cycles, pause, false)
 	if err != nil {
 		return nil, err
 	}
@@ -335,19 +353,18 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 	}
 	st := median(all)
 	if len(adapters) > 0 {
-		// Base and adapters alternate, three runs each, so both see the same
-		// machine; the medians are compared.
+		// Steps with and without the adapters alternate on the same
+		// sequences (three runs of steps steps), so both see the same host
+		// (its bandwidth moves by ±25% within seconds: whole runs
+		// alternating put the two in different phases); the medians of
+		// the two sets of steps are compared.
 		var base, with []float64
 		for range 3 {
-			b, err := decode(batch, nil)
+			t, err := decodeCycles(batch, adapters, 2, nil, true)
 			if err != nil {
 				return nil, err
 			}
-			w, err := decode(batch, adapters)
-			if err != nil {
-				return nil, err
-			}
-			base, with = append(base, b), append(with, w)
+			base, with = append(base, t[0]...), append(with, t[1]...)
 		}
 		r.Adapters, r.LoRARank = len(adapters), adapters[0].Rank
 		for _, m := range adapters[0].Modules {
@@ -359,12 +376,26 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 	r.DecodeStepMS = st * 1e3
 	r.DecodeTokensPerS = float64(batch) / st
 	if batch > 1 {
-		s1, err := decode(1, nil)
-		if err != nil {
-			return nil, err
+		// The single-sequence rate and the speedup over it come from runs
+		// of one sequence alternating with runs of the batch, three each,
+		// so each pair sees the same host: timed once after the batch, the
+		// single sequence could land in another bandwidth phase and move
+		// the ratio by ±20% from run to run.
+		var singles []float64
+		for range 3 {
+			s1, err := decode(1, nil)
+			if err != nil {
+				return nil, err
+			}
+			sb, err := decode(batch, nil)
+			if err != nil {
+				return nil, err
+			}
+			singles = append(singles, s1)
+			r.BatchSpeedups = append(r.BatchSpeedups, float64(batch)*s1/sb)
 		}
-		r.SingleDecodeTokensPerS = 1 / s1
-		r.BatchSpeedup = r.DecodeTokensPerS / r.SingleDecodeTokensPerS
+		r.SingleDecodeTokensPerS = 1 / median(singles)
+		r.BatchSpeedup = median(r.BatchSpeedups)
 	}
 	if r.BandwidthGBs > 0 {
 		// One step streams every projection and the LM head once for all

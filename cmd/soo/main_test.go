@@ -24,12 +24,16 @@ func TestBenchTinyJSON(t *testing.T) {
 	if r["dtype"] != "bf16" || r["batch"] != 2.0 {
 		t.Errorf("dtype/batch = %v/%v", r["dtype"], r["batch"])
 	}
+	// The speedup is the median of three pairs of adjacent runs.
+	if sp, ok := r["batch_speedups"].([]any); !ok || len(sp) != 3 || r["batch_speedup"] != median([]float64{sp[0].(float64), sp[1].(float64), sp[2].(float64)}) {
+		t.Errorf("batch_speedup %v, batch_speedups %v", r["batch_speedup"], r["batch_speedups"])
+	}
 }
 
 func TestBenchAdapters(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run([]string{"bench", "--shape", "tiny", "--batch", "4", "--adapters", "2", "--lora-rank", "4",
-		"--lora-modules", "q_proj,down_proj", "--tokens", "2", "--json", "--bw-mb", "4"}, &out, &errb); code != 0 {
+		"--lora-modules", "q_proj,down_proj", "--tokens", "1", "--json", "--bw-mb", "4"}, &out, &errb); code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
 	var r struct {
