@@ -2,7 +2,8 @@
 // hand-written kernels on the CPU, with a KV cache per sequence, batched
 // forward steps in which every row has its own position, LoRA adapter and
 // activation capture, and (for SOO training) a backward pass for LoRA
-// parameters.
+// parameters. Products with bf16 weights read their inputs rounded to bf16
+// (see kernels.go); every sum is float32.
 package cpu
 
 import (

@@ -24,7 +24,10 @@ import (
 // executor's tile kernels (Executor.matmul), whose sums depend only on the
 // reduction length, and every other loop is either serial or split over
 // independent tokens or elements: a pass is bit-for-bit repeatable whatever
-// the thread count or scheduling.
+// the thread count or scheduling. The forward products with bf16 weights
+// read their inputs rounded to bf16, as in inference; the backward pass
+// treats that rounding as the identity (a straight-through gradient), as
+// the PyTorch reference and the xla executor do.
 
 // TrainOptions configures a training forward pass.
 type TrainOptions struct {
