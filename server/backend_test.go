@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"github.com/openai/openai-go/v3"
+
+	"github.com/sooserve/sooserve/engine"
+	"github.com/sooserve/sooserve/engine/model"
 )
 
 // xlaTestBackend is the GoMLX backend the xla serving test uses: simplego
@@ -95,5 +98,44 @@ func TestUnknownBackend(t *testing.T) {
 	_, err := LoadBase(demoModel(t), LoadOptions{Backend: "tpu"})
 	if err == nil || !strings.Contains(err.Error(), "tpu") {
 		t.Fatalf("backend tpu: %v", err)
+	}
+}
+
+// TestExactBF16InputsReachesExecutors loads the demo model as bf16 with and
+// without LoadOptions.ExactBF16Inputs on both executors: the exact cpu and
+// xla executors agree with each other, and the default (rounded inputs)
+// answers differently.
+func TestExactBF16InputsReachesExecutors(t *testing.T) {
+	ctx := context.Background()
+	bf16 := model.BF16
+	logits := func(lo LoadOptions) []float32 {
+		lo.DType, lo.Threads = &bf16, 2
+		b, err := LoadBase(demoModel(t), lo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close(ctx)
+		ex := b.Sched.Executor()
+		s := ex.NewSequence()
+		defer s.Release()
+		out, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: []int32{5, 60, 61, 62, 9}, Logits: engine.LogitsAll}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out[0].Logits.Data
+	}
+	exact := logits(LoadOptions{ExactBF16Inputs: true})
+	exactX := logits(LoadOptions{ExactBF16Inputs: true, Backend: xlaTestBackend()})
+	rounded := logits(LoadOptions{})
+	var dx, dr float64
+	for i := range exact {
+		dx = math.Max(dx, math.Abs(float64(exact[i]-exactX[i])))
+		dr = math.Max(dr, math.Abs(float64(exact[i]-rounded[i])))
+	}
+	if dx > 1e-4 {
+		t.Errorf("exact bf16 inputs: cpu vs xla max |Δ| %g", dx)
+	}
+	if dr == 0 {
+		t.Error("ExactBF16Inputs changed nothing")
 	}
 }

@@ -32,8 +32,11 @@ type LoadOptions struct {
 	// xla, PJRT plugin installed) or "simplego" for the GoMLX executor.
 	// SOO training always runs on a cpu executor over the same weights.
 	Backend string
-	Metrics *Metrics // scheduler metrics; nil for none
-	Logger  *slog.Logger
+	// ExactBF16Inputs makes products with bf16 weights read their inputs
+	// unrounded (cpu.Options.ExactBF16Inputs), on both executors.
+	ExactBF16Inputs bool
+	Metrics         *Metrics // scheduler metrics; nil for none
+	Logger          *slog.Logger
 }
 
 // DefaultContext is the context length used when the model allows more and
@@ -87,14 +90,14 @@ func LoadBase(dir string, opts LoadOptions) (*Base, error) {
 	} else {
 		opts.Logger.Debug("weights moved to huge pages", "bytes", n)
 	}
-	cex := cpu.New(m, cpu.Options{Threads: opts.Threads, MaxContext: ctxLen})
+	cex := cpu.New(m, cpu.Options{Threads: opts.Threads, MaxContext: ctxLen, ExactBF16Inputs: opts.ExactBF16Inputs})
 	var ex engine.Executor = cex
 	var trainer *cpu.Executor // training's executor when requests run on another
 	var closeEx func() error
 	switch opts.Backend {
 	case "", "cpu":
 	default:
-		xe, err := xla.New(m, xla.Options{Backend: opts.Backend})
+		xe, err := xla.New(m, xla.Options{Backend: opts.Backend, ExactBF16Inputs: opts.ExactBF16Inputs})
 		if err != nil {
 			m.Close()
 			return nil, fmt.Errorf("load model %s: backend %s: %w", dir, opts.Backend, err)

@@ -12,6 +12,7 @@
 //	--worker       SOO_WORKER        with --redis: this replica also runs training jobs from the shared queue
 //	--backend      SOO_BACKEND       cpu, xla:cpu or xla:cuda (xla needs a -tags xla build and a PJRT plugin)
 //	--dtype        SOO_DTYPE         f32 or bf16 (default: as stored)
+//	--bf16-inputs  SOO_BF16_INPUTS   rounded (default) or exact: whether products with bf16 weights read their inputs rounded to bf16
 //	--max-batch    SOO_MAX_BATCH     concurrent sequences per step (8)
 //	--max-adapters SOO_MAX_ADAPTERS  adapters resident at once (16)
 //	--ctx          SOO_CTX           context length (min(model max, 4096))
@@ -57,11 +58,11 @@ func main() {
 
 // config is the parsed command line.
 type config struct {
-	Model, ModelName, Addr, Data, APIKey, Redis, Backend, DType string
-	MaxBatch, MaxAdapters, Ctx                                  int
-	Worker                                                      bool
-	HFEndpoint, HFToken                                         string
-	Grace                                                       time.Duration
+	Model, ModelName, Addr, Data, APIKey, Redis, Backend, DType, BF16Inputs string
+	MaxBatch, MaxAdapters, Ctx                                              int
+	Worker                                                                  bool
+	HFEndpoint, HFToken                                                     string
+	Grace                                                                   time.Duration
 }
 
 // parse reads flags, each defaulting to its environment variable.
@@ -94,6 +95,7 @@ func parse(args []string, env func(string) string, out io.Writer) (*config, erro
 	str(&c.Redis, "redis", "SOO_REDIS_URL", "", "redis://host:port/db: keep adapters in Redis, shared by several replicas (default: <data>/adapters)")
 	str(&c.Backend, "backend", "SOO_BACKEND", "cpu", "cpu, xla:cpu or xla:cuda (xla: a binary built with -tags xla and an installed PJRT plugin; no KV cache yet, training stays on cpu)")
 	str(&c.DType, "dtype", "SOO_DTYPE", "", "weight dtype: f32 or bf16 (default: as stored)")
+	str(&c.BF16Inputs, "bf16-inputs", "SOO_BF16_INPUTS", "rounded", "rounded: products with bf16 weights read their inputs rounded to bf16 (as llama.cpp's; AVX512_BF16 kernels where the CPU has them); exact: unrounded float32 inputs")
 	num(&c.MaxBatch, "max-batch", "SOO_MAX_BATCH", 8, "concurrent sequences per decode step")
 	num(&c.MaxAdapters, "max-adapters", "SOO_MAX_ADAPTERS", 16, "adapters resident at once")
 	num(&c.Ctx, "ctx", "SOO_CTX", 0, "context length (default: min(model max, 4096))")
@@ -135,6 +137,9 @@ func parse(args []string, env func(string) string, out io.Writer) (*config, erro
 		if _, err := model.ParseDType(c.DType); err != nil {
 			return nil, fmt.Errorf("--dtype: %w", err)
 		}
+	}
+	if c.BF16Inputs != "rounded" && c.BF16Inputs != "exact" {
+		return nil, fmt.Errorf("--bf16-inputs %q: want rounded or exact", c.BF16Inputs)
 	}
 	return c, nil
 }
@@ -196,7 +201,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	}
 	defer stopTrain()
 	srv.SetModels(&server.AdapterModels{Base: base, Registry: reg})
-	log.Info("ready", "model", base.ID, "context", base.Context(), "max_batch", c.MaxBatch, "dtype", base.DType)
+	log.Info("ready", "model", base.ID, "context", base.Context(), "max_batch", c.MaxBatch, "dtype", base.DType, "bf16_inputs", c.BF16Inputs)
 
 	select {
 	case <-ctx.Done():
@@ -273,7 +278,8 @@ func load(ctx context.Context, c *config, srv *server.Server, log *slog.Logger) 
 	case strings.HasPrefix(c.Model, "hf:"):
 		return nil, fmt.Errorf("--model %q: want hf:ORG/NAME", c.Model)
 	}
-	opts := server.LoadOptions{ID: c.ModelName, Context: c.Ctx, MaxBatch: c.MaxBatch, Metrics: srv.Metrics(), Logger: log, Backend: c.Backend}
+	opts := server.LoadOptions{ID: c.ModelName, Context: c.Ctx, MaxBatch: c.MaxBatch, Metrics: srv.Metrics(), Logger: log, Backend: c.Backend,
+		ExactBF16Inputs: c.BF16Inputs == "exact"}
 	if c.DType != "" {
 		dt, _ := model.ParseDType(c.DType)
 		opts.DType = &dt

@@ -33,7 +33,13 @@ func TestParse(t *testing.T) {
 			t.Errorf("--backend %s: %v", ok, err)
 		}
 	}
-	for _, bad := range [][]string{{"--backend", "tpu"}, {"--dtype", "int4"}, {"--max-batch", "0"}, {"stray"}} {
+	if c.BF16Inputs != "rounded" {
+		t.Errorf("default --bf16-inputs %q", c.BF16Inputs)
+	}
+	if c, err := parse(nil, envOf(map[string]string{"SOO_BF16_INPUTS": "exact"}), io.Discard); err != nil || c.BF16Inputs != "exact" {
+		t.Errorf("SOO_BF16_INPUTS=exact: %v", err)
+	}
+	for _, bad := range [][]string{{"--backend", "tpu"}, {"--dtype", "int4"}, {"--max-batch", "0"}, {"stray"}, {"--bf16-inputs", "fast"}} {
 		if _, err := parse(bad, envOf(nil), io.Discard); err == nil {
 			t.Errorf("%v accepted", bad)
 		}

@@ -30,6 +30,7 @@ const prefillTokens = 128
 type benchResult struct {
 	Model                  string    `json:"model"`
 	DType                  string    `json:"dtype"`
+	BF16Inputs             string    `json:"bf16_inputs"` // rounded or exact (products with bf16 weights)
 	Batch                  int       `json:"batch"`
 	Vocab                  int       `json:"vocab"`
 	Params                 int64     `json:"params"`
@@ -64,6 +65,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	shape := fs.String("shape", "smollm2-135m", "synthetic model shape: "+strings.Join(synth.Shapes(), ", "))
 	dir := fs.String("model", "", "benchmark this Hugging Face checkpoint directory instead of a synthetic model")
 	dtypeS := fs.String("dtype", "", "weight dtype: f32, bf16 or f16 (default f32 for synthetic models, the stored dtype for --model)")
+	bf16In := fs.String("bf16-inputs", "rounded", "rounded: products with bf16 weights read their inputs rounded to bf16 (AVX512_BF16 kernels where the CPU has them); exact: unrounded")
 	batch := fs.Int("batch", 1, "concurrent sequences decoding in one step")
 	vocab := fs.Int("vocab", 0, "override the synthetic model's vocabulary size")
 	tokens := fs.Int("tokens", 32, "decode steps to time")
@@ -103,6 +105,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("--lora-modules: unknown module %q", name)
 		}
 		mods = append(mods, m)
+	}
+	if *bf16In != "rounded" && *bf16In != "exact" {
+		return fmt.Errorf("--bf16-inputs %q: want rounded or exact", *bf16In)
 	}
 	var dt *model.DType
 	if *dtypeS != "" {
@@ -171,7 +176,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	for i := range *nAdapters {
 		ads = append(ads, synth.Adapter(m.Config, fmt.Sprintf("a%d", i), *loraRank, mods, uint64(i+1)))
 	}
-	r, err := bench(m, *backend, th, *batch, *tokens, int64(*bwMB)<<20, ads)
+	r, err := bench(m, *backend, th, *batch, *tokens, int64(*bwMB)<<20, ads, *bf16In == "exact")
 	if err != nil {
 		return err
 	}
@@ -201,10 +206,10 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 
 // bench measures m on this machine with the named executor backend; with
 // adapters, also decode with row i of the batch on adapters[i%len(adapters)].
-func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes int64, adapters []*lora.Adapter) (*benchResult, error) {
+func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes int64, adapters []*lora.Adapter, exactBF16 bool) (*benchResult, error) {
 	cfg := m.Config
 	r := &benchResult{
-		DType: m.Layers[0].Proj[model.Q].W.DType.String(), Batch: batch, Vocab: cfg.VocabSize, Threads: threads,
+		DType: m.Layers[0].Proj[model.Q].W.DType.String(), BF16Inputs: "rounded", Batch: batch, Vocab: cfg.VocabSize, Threads: threads,
 		WeightBytes: m.Bytes(), DecodeSteps: steps, CPU: cpuName(), GoVersion: runtime.Version(),
 		Date: time.Now().UTC().Format(time.RFC3339),
 	}
@@ -217,15 +222,18 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 	if m.LMHead != &m.Embed {
 		r.Params += int64(m.LMHead.Rows) * int64(m.LMHead.Cols)
 	}
+	if exactBF16 {
+		r.BF16Inputs = "exact"
+	}
 	var ex engine.Executor
 	switch backend {
 	case "", "cpu":
 		r.Backend = "cpu"
 		r.BandwidthGBs = cpu.ReadBandwidth(bwBytes, threads, 5) / 1e9
 		runtime.GC()
-		ex = cpu.New(m, cpu.Options{Threads: threads})
+		ex = cpu.New(m, cpu.Options{Threads: threads, ExactBF16Inputs: exactBF16})
 	default:
-		xe, err := xla.New(m, xla.Options{Backend: backend})
+		xe, err := xla.New(m, xla.Options{Backend: backend, ExactBF16Inputs: exactBF16})
 		if err != nil {
 			return nil, fmt.Errorf("--backend %s: %w", backend, err)
 		}

@@ -21,7 +21,7 @@ func TestBenchTinyJSON(t *testing.T) {
 			t.Errorf("missing %s in %s", k, out.String())
 		}
 	}
-	if r["dtype"] != "bf16" || r["batch"] != 2.0 {
+	if r["dtype"] != "bf16" || r["batch"] != 2.0 || r["bf16_inputs"] != "rounded" {
 		t.Errorf("dtype/batch = %v/%v", r["dtype"], r["batch"])
 	}
 	// The speedup is the median of three pairs of adjacent runs.
@@ -49,7 +49,7 @@ func TestBenchAdapters(t *testing.T) {
 	if r.Adapters != 2 || r.Rank != 4 || strings.Join(r.Modules, ",") != "q_proj,down_proj" || r.Base <= 0 || r.LoRAStep <= 0 {
 		t.Errorf("lora fields: %+v in %s", r, out.String())
 	}
-	for _, args := range [][]string{{"bench", "--adapters", "1", "--lora-modules", "x_proj"}, {"bench", "--lora-rank", "0"}} {
+	for _, args := range [][]string{{"bench", "--adapters", "1", "--lora-modules", "x_proj"}, {"bench", "--lora-rank", "0"}, {"bench", "--bf16-inputs", "fast"}} {
 		if code := run(args, &out, &errb); code == 0 {
 			t.Errorf("%v: exit 0", args)
 		}

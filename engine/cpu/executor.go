@@ -3,7 +3,8 @@
 // forward steps in which every row has its own position, LoRA adapter and
 // activation capture, and (for SOO training) a backward pass for LoRA
 // parameters. Products with bf16 weights read their inputs rounded to bf16
-// (see kernels.go); every sum is float32.
+// (see kernels.go; Options.ExactBF16Inputs turns that off); every sum is
+// float32.
 package cpu
 
 import (
@@ -25,6 +26,10 @@ type Options struct {
 	Threads int
 	// MaxContext caps a sequence's length; 0 means the model's max_position_embeddings.
 	MaxContext int
+	// ExactBF16Inputs makes products with bf16 weights read their float32
+	// inputs as they are, without the AVX512_BF16 kernels. By default they
+	// read them rounded to bf16 (see the package documentation).
+	ExactBF16Inputs bool
 }
 
 // Executor runs a model on the CPU. It is safe for concurrent use by several
@@ -39,6 +44,7 @@ type Executor struct {
 	pool     *workerPool
 	packBufs bufList    // buffers for inputs packed in pairs
 	bufs     bufferPool // step scratch
+	ks       kernelSet  // native, with the options' bf16 input rounding
 }
 
 // New returns an executor for m.
@@ -52,7 +58,10 @@ func New(m *model.Model, opts Options) *Executor {
 		mc = m.Config.MaxPositions
 	}
 	e := &Executor{m: m, cfg: m.Config, threads: t, maxCtx: mc, invFreq: m.Config.RopeInvFreq(),
-		wT: &transposeCache{m: make([][model.NumModules]*model.Matrix, m.Config.Layers)}, pool: newWorkerPool(t)}
+		wT: &transposeCache{m: make([][model.NumModules]*model.Matrix, m.Config.Layers)}, pool: newWorkerPool(t), ks: native}
+	if opts.ExactBF16Inputs {
+		e.ks.exactBF16, e.ks.bf16dot = true, false
+	}
 	runtime.AddCleanup(e, (*workerPool).stop, e.pool)
 	return e
 }
@@ -591,12 +600,12 @@ func (e *Executor) matmuls(x []float32, n int, jobs ...mmJob) {
 		// its first chunk, was slower again (bf16 medians of 6 alternating
 		// runs 14.7 against 14.0 ms).
 		fill := func(nu int, f func(u0, u1 int)) { e.pool.run(nu, max(1, (nu+e.threads-1)/e.threads), f) }
-		xp = native.pack(x, in, n, in, dtIndex(jobs[0].w.DType), pbuf, fill)
+		xp = e.ks.pack(x, in, n, in, dtIndex(jobs[0].w.DType), pbuf, fill)
 	}
 	e.pool.run(len(chunks), 1, func(c0, c1 int) {
 		for _, c := range chunks[c0:c1] {
 			j := jobs[c.job]
-			native.gemm(matrixView(j.w), j.bias, x, in, n, in, j.out[c.r0:], j.w.Rows, c.r0, c.r1, xp)
+			e.ks.gemm(matrixView(j.w), j.bias, x, in, n, in, j.out[c.r0:], j.w.Rows, c.r0, c.r1, xp)
 			for t, dst := range j.to {
 				copy(dst[c.r0:c.r1], j.out[t*j.w.Rows+c.r0:t*j.w.Rows+c.r1])
 			}

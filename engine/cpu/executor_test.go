@@ -234,3 +234,56 @@ func TestKVGrowthBounded(t *testing.T) {
 		t.Error("decoding after regrowth differs from one prefill")
 	}
 }
+
+// TestExactBF16Inputs checks Options.ExactBF16Inputs: a bf16 model's logits
+// and activations (batched rows, prefill and decode) equal, bit for bit,
+// those of the same weights stored f32, and differ from the default's, whose
+// products read their inputs rounded to bf16.
+func TestExactBF16Inputs(t *testing.T) {
+	td, err := refcase.TestData()
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(dt *model.DType) *model.Model {
+		m, err := model.Load(filepath.Join(td, "models/tiny-llama-bf16"), model.LoadOptions{DType: dt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	f32 := model.F32
+	bf, wide := load(nil), load(&f32)
+	if bf.Layers[0].Proj[model.Q].W.DType != model.BF16 || wide.Layers[0].Proj[model.Q].W.DType != model.F32 {
+		t.Fatal("the test needs bf16 weights and their f32 copy")
+	}
+	run := func(ex *cpu.Executor) [][]float32 {
+		ctx := context.Background()
+		seqs := []engine.Sequence{ex.NewSequence(), ex.NewSequence()}
+		var out [][]float32
+		cap := &engine.Capture{Points: []engine.Point{{Layer: 1, Site: engine.MLPOut}}}
+		for _, toks := range [][][]int32{{{5, 9, 33, 200, 7, 8, 9, 10, 11}, {250, 3}}, {{1}, {2}}, {{40}, {41}}} {
+			rows := make([]engine.Row, len(seqs))
+			for i := range rows {
+				rows[i] = engine.Row{Seq: seqs[i], Tokens: toks[i], Logits: engine.LogitsAll, Capture: cap}
+			}
+			o, err := ex.Forward(ctx, rows)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range o {
+				out = append(out, r.Logits.Data, r.Acts[cap.Points[0]].Data)
+			}
+		}
+		return out
+	}
+	exact, want, rounded := run(cpu.New(bf, cpu.Options{ExactBF16Inputs: true})), run(cpu.New(wide, cpu.Options{})), run(cpu.New(bf, cpu.Options{}))
+	for i := range want {
+		if !slices.Equal(exact[i], want[i]) {
+			t.Errorf("output %d: exact bf16 inputs differ from the f32 weights' (max |Δ| %g)", i, refcase.MaxAbsDiff(exact[i], want[i]))
+		}
+	}
+	if slices.Equal(exact[0], rounded[0]) {
+		t.Error("rounded and exact inputs gave the same logits")
+	}
+}

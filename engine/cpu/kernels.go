@@ -26,8 +26,9 @@ import (
 // AVX512_BF16: each product of two bf16 values is exact in float32 and the
 // sums stay float32. On such CPUs one VDPBF16PS then does the work of
 // widening the weights and two FMAs (tileB); elsewhere the float32 kernels
-// read the rounded inputs. Load a model with f32 weights for products over
-// unrounded inputs.
+// read the rounded inputs. With Options.ExactBF16Inputs (kernelSet.exactBF16)
+// the float32 kernels read the inputs unrounded, summing exactly as they do
+// over the same weights stored f32.
 const (
 	tileT = 4 // tokens per tile
 	tileR = 3 // weight rows per tile
@@ -69,7 +70,10 @@ func dtIndex(d model.DType) int {
 // weights with one VDPBF16PS per 32 pairs (tileB). They sum in another order
 // than the float32 kernels, so their results differ from the other sets' in
 // the last bits.
-type kernelSet struct{ asm, avx512, bf16dot bool }
+//
+// exactBF16 makes products with bf16 weights read their inputs unrounded
+// (and so never on the bf16dot kernels).
+type kernelSet struct{ asm, avx512, bf16dot, exactBF16 bool }
 
 // native is the kernel set for this CPU; it is fixed at init.
 var native = kernelSet{asm: haveAsm, avx512: haveAVX512, bf16dot: haveBF16Dot}
@@ -136,7 +140,8 @@ func (ks kernelSet) pack(x []float32, ldx, n, in, dt int, buf []float32, fill fu
 			f(0, nu)
 		}
 	}
-	if dt == dtBF16 && ks.bf16dot {
+	round := dt == dtBF16 && !ks.exactBF16
+	if round && ks.bf16dot {
 		k32 := in &^ 31
 		size := (n*k32 + 1) / 2
 		if cap(buf) < size {
@@ -168,7 +173,7 @@ func (ks kernelSet) pack(x []float32, ldx, n, in, dt int, buf []float32, fill fu
 		np = n / 2
 		size = np * 2 * k8
 	}
-	if dt == dtBF16 {
+	if round {
 		size += n * in
 	} else if !pairs {
 		return nil
@@ -177,7 +182,7 @@ func (ks kernelSet) pack(x []float32, ldx, n, in, dt int, buf []float32, fill fu
 		buf = make([]float32, size)
 	}
 	p := &packed{dt: dt, k8: k8, perm: dt == dtBF16, buf: buf[:cap(buf)]}
-	if dt == dtBF16 {
+	if round {
 		p.round = buf[:n*in]
 		run(n, func(t0, t1 int) {
 			for t := t0; t < t1; t++ {
@@ -276,7 +281,7 @@ func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float3
 	if n == 0 || r0 >= r1 {
 		return
 	}
-	if w.dt == dtBF16 {
+	if w.dt == dtBF16 && !ks.exactBF16 {
 		if xp == nil || xp.dt != dtBF16 {
 			xp = ks.pack(x, ldx, n, in, dtBF16, nil, nil)
 		}
@@ -285,7 +290,7 @@ func (ks kernelSet) gemm(w wmat, bias, x []float32, ldx, n, in int, out []float3
 			return
 		}
 		x, ldx = xp.round, in
-	} else if xp != nil && xp.dt == dtBF16 {
+	} else if xp != nil && (xp.dt == dtBF16) != (w.dt == dtBF16) {
 		xp = nil // packed for weights of another type
 	}
 	if xp != nil && xp.data == nil {

@@ -469,3 +469,40 @@ func TestTileBEveryShape(t *testing.T) {
 		}
 	}
 }
+
+// TestGemmExactBF16 checks that with exactBF16 a product over bf16 weights
+// reads its inputs unrounded: it equals, bit for bit, the same kernel set's
+// product over those weights stored f32, and differs from the rounded one.
+func TestGemmExactBF16(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	for name, ks := range kernelSets(t) {
+		ks.exactBF16, ks.bf16dot = true, false
+		for _, shape := range [][3]int{{1, 8, 1}, {7, 13, 5}, {33, 100, 70}, {12, 576, 8}, {10, 1100, 9}} {
+			rows, in, n := shape[0], shape[1], shape[2]
+			w := randMatrix(rng, model.BF16, rows, in)
+			w32 := &model.Matrix{Rows: rows, Cols: in, DType: model.F32, F32: make([]float32, rows*in)}
+			for r := range rows {
+				w.RowF32(r, w32.F32[r*in:(r+1)*in])
+			}
+			x, bias := randVec(rng, n*in), randVec(rng, rows)
+			got, want, rounded := make([]float32, n*rows), make([]float32, n*rows), make([]float32, n*rows)
+			ks.gemm(matrixView(w), bias, x, in, n, in, got, rows, 0, rows, ks.pack(x, in, n, in, dtBF16, nil, nil))
+			ks.gemm(matrixView(w32), bias, x, in, n, in, want, rows, 0, rows, ks.pack(x, in, n, in, dtF32, nil, nil))
+			if !slices.Equal(got, want) {
+				t.Fatalf("%s %v: exact bf16 product differs from the f32 one (max |Δ| %g)", name, shape, refcaseMaxAbsDiff(got, want))
+			}
+			native.gemm(matrixView(w), bias, x, in, n, in, rounded, rows, 0, rows, nil)
+			if slices.Equal(got, rounded) {
+				t.Fatalf("%s %v: exact and rounded inputs gave the same product", name, shape)
+			}
+		}
+	}
+}
+
+func refcaseMaxAbsDiff(a, b []float32) float64 {
+	d := 0.0
+	for i := range a {
+		d = math.Max(d, math.Abs(float64(a[i])-float64(b[i])))
+	}
+	return d
+}

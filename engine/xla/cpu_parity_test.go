@@ -11,6 +11,7 @@ import (
 	"github.com/sooserve/sooserve/engine"
 	"github.com/sooserve/sooserve/engine/cpu"
 	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/engine/xla"
 	"github.com/sooserve/sooserve/training"
 )
 
@@ -124,4 +125,36 @@ func modelOf(t *testing.T, dir string) *model.Model {
 	}
 	t.Cleanup(func() { m.Close() })
 	return m
+}
+
+// TestExactBF16InputsParity holds the two executors to each other with
+// ExactBF16Inputs on a bf16 model (products over unrounded inputs), and
+// checks that the option changes the xla executor's logits.
+func TestExactBF16InputsParity(t *testing.T) {
+	ctx := context.Background()
+	m := modelOf(t, "models/tiny-llama-bf16")
+	xe, err := xla.New(m, xla.Options{ExactBF16Inputs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer xe.Close()
+	ce := cpu.New(m, cpu.Options{ExactBF16Inputs: true})
+	rounded := executor(t, "models/tiny-llama-bf16")
+	prompt := []int32{5, 77, 12, 300, 41, 9, 150}
+	logits := func(ex engine.Executor) []float32 {
+		s := ex.NewSequence()
+		defer s.Release()
+		o, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: prompt, Logits: engine.LogitsAll}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o[0].Logits.Data
+	}
+	xl, cl, rl := logits(xe), logits(ce), logits(rounded)
+	if d := maxAbsDiff(cl, xl); d > 1e-4 {
+		t.Errorf("exact bf16 inputs: cpu vs xla max |Δ| %g", d)
+	}
+	if d := maxAbsDiff(rl, xl); d < 1e-3 {
+		t.Errorf("exact and rounded bf16 inputs differ by only %g", d)
+	}
 }

@@ -67,7 +67,9 @@ type bf16In struct {
 	head bool
 }
 
-func newWeightSet(m *model.Model, b backends.Backend) *weightSet {
+// newWeightSet loads m's weights onto b; with round, products with bf16
+// weights will read their inputs rounded to bf16.
+func newWeightSet(m *model.Model, b backends.Backend, round bool) *weightSet {
 	cfg := m.Config
 	ws := &weightSet{cfg: cfg}
 	w := &ws.t
@@ -77,11 +79,11 @@ func newWeightSet(m *model.Model, b backends.Backend) *weightSet {
 	if !cfg.TieEmbeddings {
 		w.lmHead = matrixTensor(m.LMHead)
 	}
-	ws.round.head = m.LMHead.DType == model.BF16
+	ws.round.head = round && m.LMHead.DType == model.BF16
 	ws.round.proj = make([][model.NumModules]bool, cfg.Layers)
 	for l := range ws.round.proj {
 		for mod := range model.NumModules {
-			ws.round.proj[l][mod] = m.Layers[l].Proj[mod].W.DType == model.BF16
+			ws.round.proj[l][mod] = round && m.Layers[l].Proj[mod].W.DType == model.BF16
 		}
 	}
 	for l := range w.layers {

@@ -53,6 +53,10 @@ type Options struct {
 	// simplego config string such as "ops_sequential,parallelism=4"),
 	// "xla:cpu" or "xla:cuda" (builds with -tags xla only).
 	Backend string
+	// ExactBF16Inputs makes products with bf16 weights read their inputs
+	// unrounded, as cpu.Options.ExactBF16Inputs does; by default they read
+	// them rounded to bf16, as the cpu executor's do.
+	ExactBF16Inputs bool
 }
 
 // Executor runs a model as GoMLX graphs. It implements engine.Executor and is
@@ -80,7 +84,7 @@ func New(m *model.Model, opts Options) (*Executor, error) {
 		return nil, err
 	}
 	e := &Executor{cfg: m.Config, backend: b, backendName: name, execs: map[string]*graph.Exec{}}
-	if err := catch(func() { e.weights = newWeightSet(m, b) }); err != nil {
+	if err := catch(func() { e.weights = newWeightSet(m, b, !opts.ExactBF16Inputs) }); err != nil {
 		b.Finalize()
 		return nil, fmt.Errorf("xla: loading weights onto %s: %w", name, err)
 	}
