@@ -125,8 +125,9 @@ func toBF16(x float32) uint16 {
 func bf16Value(x float32) float32 { return math.Float32frombits(uint32(toBF16(x)) << 16) }
 
 // pack returns x prepared for this kernel set and weights of type dt (a dt*
-// index), or nil where nothing needs preparing (f32 or f16 weights on a set
-// without AVX-512, or fewer than two tokens). buf is reused when large
+// index), or nil where nothing needs preparing: inputs that are not rounded
+// (weights other than bf16, or exactBF16) on a set without AVX-512 or with
+// fewer than two tokens. buf is reused when large
 // enough. fill, if not nil, runs the packing of units [u0, u1) of [0, nu)
 // (across threads); nil packs them all here.
 func (ks kernelSet) pack(x []float32, ldx, n, in, dt int, buf []float32, fill func(nu int, f func(u0, u1 int))) *packed {

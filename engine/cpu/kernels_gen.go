@@ -481,10 +481,10 @@ func packBF16AVX(x *float32, n int, out *uint16)
 // into eight (lane i plus lane i+8) and reduce in reduce8's order, so one
 // sum depends on k alone, never on T, R or the tile.
 //
-// Registers: weights Z0-Z2 (row r at (SI)+r*ldw, R9 = ldw in bytes), the
-// token's inputs in Z4/Z5 (token t at (DI)+t*ldx for t ∈ {0,1,2,4},
-// (R10)+… = DI+3·ldx on for 3 and 5, (R11) = DI+6·ldx for 6 and 7, DX = ldx
-// in bytes), accumulators from Z8.
+// Registers: weights Z0-Z2 (row r at (SI)+r*ldw, R9 = ldw in bytes), one
+// token's inputs at a time in Z4/Z5 (DX = ldx in bytes; tokens 0, 1, 2 and 4
+// addressed from DI, 3 and 5 from R10 = DI+3·DX, 6 and 7 from R11 =
+// DI+6·DX), accumulators from Z8.
 func tileB(s, g *bytes.Buffer, T, R int) {
 	name := fmt.Sprintf("tileBT%dR%d", T, R)
 	fmt.Fprintf(g, `// %s computes nt tiles of %d tokens × %d bf16 weight rows with
