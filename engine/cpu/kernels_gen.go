@@ -283,13 +283,7 @@ func %s(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ld
 	}
 	fmt.Fprintf(s, "\tMOVQ k+32(FP), CX\n\tSHRQ $3, CX\n")
 	acc := func(q, r int) int { return 8 + q*R + r }
-	for q := 0; q < P; q++ {
-		for r := 0; r < R; r++ {
-			fmt.Fprintf(s, "\tVPXORD Z%d, Z%d, Z%d\n", acc(q, r), acc(q, r), acc(q, r))
-		}
-	}
-	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ %s_reduce\n", name)
-	fmt.Fprintf(s, "%s_loop:\n", name)
+	zeroAccLoop(s, name, P*R)
 	rowSrc := []string{"(SI)", "(SI)(R9*1)", "(SI)(R9*2)", "(R8)", "(R8)(R9*1)", "(R8)(R9*2)"}
 	if prefetchZ > 0 {
 		for r := 0; r < R; r++ {
@@ -352,6 +346,15 @@ func %s(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ld
 	}
 	fmt.Fprintf(s, "\tDECQ R13\n\tJNZ %s_outer\n", name)
 	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
+}
+
+// zeroAccLoop zeroes the n AVX-512 accumulators from Z8, jumps to
+// <name>_reduce when the chunk count in CX is zero and opens <name>_loop.
+func zeroAccLoop(s *bytes.Buffer, name string, n int) {
+	for i := 8; i < 8+n; i++ {
+		fmt.Fprintf(s, "\tVPXORD Z%d, Z%d, Z%d\n", i, i, i)
+	}
+	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ %s_reduce\n%s_loop:\n", name, name)
 }
 
 // reducePair writes the reduction of one token pair's accumulators (regs[r]
@@ -511,13 +514,7 @@ func %s(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo 
 	}
 	fmt.Fprintf(s, "\tMOVQ k+32(FP), CX\n\tSHRQ $5, CX\n")
 	acc := func(t, r int) int { return 8 + t*R + r }
-	for t := 0; t < T; t++ {
-		for r := 0; r < R; r++ {
-			fmt.Fprintf(s, "\tVPXORD Z%d, Z%d, Z%d\n", acc(t, r), acc(t, r), acc(t, r))
-		}
-	}
-	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ %s_reduce\n", name)
-	fmt.Fprintf(s, "%s_loop:\n", name)
+	zeroAccLoop(s, name, T*R)
 	rowSrc := []string{"(SI)", "(SI)(R9*1)", "(SI)(R9*2)"}
 	pf := prefetchB
 	if T <= prefetchBShortT {
