@@ -153,7 +153,24 @@ func TestLongDecodeMatchesPrefill(t *testing.T) {
 // buffers, step after step with reused scratch, and that a buffer too small
 // or absent gets fresh memory.
 func TestLogitsBuf(t *testing.T) {
-	ex := tinyLlama(t, cpu.Options{})
+	td, err := refcase.TestData()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// tiny-gemma2 soft-caps its logits: the cap must reach the buffers too.
+	for _, dir := range []string{"models/tiny-llama", "models/tiny-gemma2"} {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			m, err := model.Load(filepath.Join(td, dir), model.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			logitsBuf(t, cpu.New(m, cpu.Options{}))
+		})
+	}
+}
+
+func logitsBuf(t *testing.T, ex *cpu.Executor) {
 	V := ex.Config().VocabSize
 	ctx := context.Background()
 	prompts := [][]int32{{1, 2, 3}, {4, 5}, {6}}
