@@ -645,6 +645,7 @@ func (st *step) attention(l int, q, out []float32) {
 	ks := native
 	run := func(t0, t1 int) {
 		var scores, probs []float32
+		sums := make([]float32, group)
 		for task := t0; task < t1; task++ {
 			tok, kh := task/KH, task%KH
 			i := st.rowOf(tok)
@@ -657,35 +658,33 @@ func (st *step) attention(l int, q, out []float32) {
 			nk := pos + 1 - lo
 			if cap(scores) < group*nk {
 				scores = make([]float32, group*nk, 2*group*nk)
-				probs = make([]float32, nk, 2*nk)
+				probs = make([]float32, group*nk, 2*group*nk)
 			}
-			scores, probs = scores[:group*nk], probs[:nk]
+			scores, probs = scores[:group*nk], probs[:group*nk]
 			h0 := tok*H + kh*group // first query head of the group
 			heads := wmat{dt: dtF32, f32: q[h0*hd : (h0+group)*hd], ld: hd}
 			// scores[j*group+g] = q[h0+g]·k[lo+j]
 			ks.gemm(heads, nil, s.k[l][lo*kvd+kh*hd:], kvd, nk, hd, scores, group, 0, group, nil)
-			vals := s.v[l][lo*kvd+kh*hd:]
+			// probs[g*nk+j]: head g's softmax over the keys, unnormalised.
 			for g := 0; g < group; g++ {
-				maxS := float32(math.Inf(-1))
-				for j := range probs {
+				pg := probs[g*nk : (g+1)*nk]
+				for j := range pg {
 					v := scores[j*group+g] * cfg.AttnScale
 					if cfg.AttnSoftcap > 0 {
 						v = softcap(v, cfg.AttnSoftcap)
 					}
-					probs[j] = v
-					maxS = max(maxS, v)
+					pg[j] = v
 				}
-				var sum float32
-				for j, v := range probs {
-					p := expf(v - maxS)
-					probs[j] = p
-					sum += p
-				}
-				o := out[(h0+g)*hd : (h0+g+1)*hd]
-				ks.wsum(probs, vals, kvd, o)
-				inv := 1 / sum
-				for c := range o {
-					o[c] *= inv
+				sums[g] = ks.expSum(pg, maxOf(pg))
+			}
+			// The group's heads share each value row's load.
+			o := out[h0*hd : (h0+group)*hd]
+			ks.wsumG(probs, nk, group, s.v[l][lo*kvd+kh*hd:], kvd, nk, o, hd, hd)
+			for g := 0; g < group; g++ {
+				inv := 1 / sums[g]
+				og := o[g*hd : (g+1)*hd]
+				for c := range og {
+					og[c] *= inv
 				}
 			}
 		}

@@ -495,6 +495,49 @@ func dot8Go(w *wmat, r int, x []float32) float32 {
 	return reduce8(&acc)
 }
 
+// expSum sets p[i] = expf(p[i]-m) and returns the sum of the new p: lane
+// i%8 adds p[i] in order for i < len(p)&^7, the lanes add as reduce8 does,
+// then the rest follow one by one, so the sum's order depends only on
+// len(p). The assembly computes the same bits (expf's very operations, no
+// fused multiply-adds).
+func (ks kernelSet) expSum(p []float32, m float32) float32 {
+	var lanes [8]float32
+	n8 := len(p) &^ 7
+	i := 0
+	if ks.asm && n8 > 0 {
+		expSumAVX(&p[0], n8, m, &lanes)
+		i = n8
+	}
+	for ; i < n8; i++ {
+		e := expf(p[i] - m)
+		p[i] = e
+		lanes[i%8] += e
+	}
+	s := reduce8(&lanes)
+	for ; i < len(p); i++ {
+		e := expf(p[i] - m)
+		p[i] = e
+		s += e
+	}
+	return s
+}
+
+// maxOf returns the largest element of v (-Inf if v is empty), as a loop in
+// order would: max is exact and NaN wins whatever the order, so four
+// independent chains do not change the result.
+func maxOf(v []float32) float32 {
+	inf := float32(math.Inf(-1))
+	m := [4]float32{inf, inf, inf, inf}
+	i := 0
+	for ; i+4 <= len(v); i += 4 {
+		m[0], m[1], m[2], m[3] = max(m[0], v[i]), max(m[1], v[i+1]), max(m[2], v[i+2]), max(m[3], v[i+3])
+	}
+	for ; i < len(v); i++ {
+		m[0] = max(m[0], v[i])
+	}
+	return max(max(m[0], m[1]), max(m[2], m[3]))
+}
+
 // reduce8 sums eight lanes in the order the assembly kernels use.
 func reduce8(a *[8]float32) float32 {
 	return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
@@ -516,6 +559,36 @@ func (ks kernelSet) wsum(p, v []float32, ldv int, o []float32) {
 		vj := v[j*ldv+c : j*ldv+c+len(rest)]
 		for i := range rest {
 			rest[i] += pj * vj[i]
+		}
+	}
+}
+
+// maxWG and maxWW are the most heads and 16-column vectors of an AVX-512
+// weighted-sum kernel (wsumZTab).
+const maxWG, maxWW = 4, 4
+
+// wsumG is wsum for G heads at once: o[g*ldo+c] = Σ_j p[g*ldp+j]·v[j*ldv+c]
+// for g < G, j < n, c < hd, each column summed exactly as wsum sums it. The
+// AVX-512 kernels load each value row once for up to four heads (wsum
+// alone would read it once per head).
+func (ks kernelSet) wsumG(p []float32, ldp, G int, v []float32, ldv, n int, o []float32, ldo, hd int) {
+	c := 0
+	if ks.avx512 && n > 0 && hd >= 16 {
+		for g0 := 0; g0 < G; g0 += maxWG {
+			gn := min(maxWG, G-g0)
+			_ = p[(g0+gn-1)*ldp+n-1]
+			for c = 0; c+16 <= hd; {
+				w := min(maxWW, (hd-c)/16)
+				_ = v[(n-1)*ldv+c+16*w-1]
+				_ = o[(g0+gn-1)*ldo+c+16*w-1]
+				wsumZAsm(gn, w, &p[g0*ldp], ldp, &v[c], ldv, n, &o[g0*ldo+c], ldo)
+				c += 16 * w
+			}
+		}
+	}
+	if c < hd {
+		for g := range G {
+			ks.wsum(p[g*ldp:g*ldp+n], v[c:], ldv, o[g*ldo+c:g*ldo+hd])
 		}
 	}
 }

@@ -100,3 +100,9 @@ func siluMul(g, u []float32) {
 		g[i] = silu(g[i]) * u[i]
 	}
 }
+
+// wsumZAsm runs the AVX-512 weighted-sum kernel for G heads over W
+// 16-column vectors (see wsumZTab).
+func wsumZAsm(G, W int, p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int) {
+	wsumZTab[G-1][W-1](p, ldp, v, ldv, n, o, ldo)
+}

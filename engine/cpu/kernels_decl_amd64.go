@@ -1301,6 +1301,12 @@ func sumAVX(x *float32, n int) float32
 //go:noescape
 func siluMulAVX(gp, up *float32, n int)
 
+// expSumAVX sets p[i] = expf(p[i]-m) for i < n&^7, bit for bit as the
+// scalar expf does, and adds each p[i] to lane i%8 of lanes, in order.
+//
+//go:noescape
+func expSumAVX(p *float32, n int, m float32, lanes *[8]float32)
+
 // loraBAVX adds scale·(B[o]·u) to out[o] for the first 8*n8 rows o of B
 // (row-major, r elements a row, r a multiple of 8), each dot product summed
 // as loraBGo sums it.
@@ -1395,6 +1401,190 @@ func wsumAVX7(p, v *float32, ldv, n int, o *float32)
 //
 //go:noescape
 func wsumAVX8(p, v *float32, ldv, n int, o *float32)
+
+// wsumZG1W1 computes, for heads g < 1 and columns c < 16,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG1W1(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG1W2 computes, for heads g < 1 and columns c < 32,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG1W2(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG1W3 computes, for heads g < 1 and columns c < 48,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG1W3(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG1W4 computes, for heads g < 1 and columns c < 64,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG1W4(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG2W1 computes, for heads g < 2 and columns c < 16,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG2W1(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG2W2 computes, for heads g < 2 and columns c < 32,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG2W2(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG2W3 computes, for heads g < 2 and columns c < 48,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG2W3(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG2W4 computes, for heads g < 2 and columns c < 64,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG2W4(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG3W1 computes, for heads g < 3 and columns c < 16,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG3W1(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG3W2 computes, for heads g < 3 and columns c < 32,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG3W2(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG3W3 computes, for heads g < 3 and columns c < 48,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG3W3(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG3W4 computes, for heads g < 3 and columns c < 64,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG3W4(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG4W1 computes, for heads g < 4 and columns c < 16,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG4W1(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG4W2 computes, for heads g < 4 and columns c < 32,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG4W2(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG4W3 computes, for heads g < 4 and columns c < 48,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG4W3(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG4W4 computes, for heads g < 4 and columns c < 64,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG4W4(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1].
+var wsumZTab = [4][4]func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int){
+	{wsumZG1W1, wsumZG1W2, wsumZG1W3, wsumZG1W4},
+	{wsumZG2W1, wsumZG2W2, wsumZG2W3, wsumZG2W4},
+	{wsumZG3W1, wsumZG3W2, wsumZG3W3, wsumZG3W4},
+	{wsumZG4W1, wsumZG4W2, wsumZG4W3, wsumZG4W4},
+}
 
 // wsumTab holds the weighted-sum kernels, indexed by width in vectors - 1.
 var wsumTab = [8]func(p, v *float32, ldv, n int, o *float32){wsumAVX1, wsumAVX2, wsumAVX3, wsumAVX4, wsumAVX5, wsumAVX6, wsumAVX7, wsumAVX8}

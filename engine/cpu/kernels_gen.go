@@ -95,6 +95,20 @@ func main() {
 	for W := 1; W <= 8; W++ {
 		wsum(&s, &g, W)
 	}
+	for G := 1; G <= maxWG; G++ {
+		for W := 1; W <= maxWW; W++ {
+			wsumZ(&s, &g, G, W)
+		}
+	}
+	fmt.Fprintf(&g, "// wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1].\nvar wsumZTab = [%d][%d]func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int){\n", maxWG, maxWW)
+	for G := 1; G <= maxWG; G++ {
+		fmt.Fprintf(&g, "{")
+		for W := 1; W <= maxWW; W++ {
+			fmt.Fprintf(&g, "wsumZG%dW%d,", G, W)
+		}
+		fmt.Fprintf(&g, "},\n")
+	}
+	fmt.Fprintf(&g, "}\n\n")
 	fmt.Fprintf(&g, "// wsumTab holds the weighted-sum kernels, indexed by width in vectors - 1.\nvar wsumTab = [8]func(p, v *float32, ldv, n int, o *float32){")
 	for W := 1; W <= 8; W++ {
 		fmt.Fprintf(&g, "wsumAVX%d,", W)
@@ -649,6 +663,72 @@ func %s(p, v *float32, ldv, n int, o *float32)
 	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
 }
 
+// maxWG and maxWW are the most heads and 16-column vectors of a wsumZ
+// kernel.
+const maxWG, maxWW = 4, 4
+
+// wsumZ writes an AVX-512 kernel for the probability-weighted sum of value
+// rows of G heads at once over W 16-column vectors: each value row is loaded
+// once for the G heads, and every output column sums over j in order with
+// fused multiply-adds, as wsumAVX's do (the same bits).
+//
+// Registers: the value row in Z0-Z3, the heads' probabilities broadcast in
+// Z4-Z7 (head g's at (SI)+g*ldp, from R10 = SI+3*ldp for g = 3), the
+// accumulators from Z8.
+func wsumZ(s, g *bytes.Buffer, G, W int) {
+	name := fmt.Sprintf("wsumZG%dW%d", G, W)
+	fmt.Fprintf(g, `// %s computes, for heads g < %d and columns c < %d,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func %s(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+`, name, G, 16*W, name)
+	fmt.Fprintf(s, "\n// func %s(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)\nTEXT ·%s(SB), NOSPLIT, $0-56\n", name, name)
+	fmt.Fprintf(s, "\tMOVQ p+0(FP), SI\n\tMOVQ ldp+8(FP), R8\n\tSHLQ $2, R8\n\tMOVQ v+16(FP), DI\n\tMOVQ ldv+24(FP), DX\n\tSHLQ $2, DX\n\tMOVQ n+32(FP), CX\n")
+	if G > 3 {
+		fmt.Fprintf(s, "\tLEAQ (SI)(R8*2), R10\n\tADDQ R8, R10\n")
+	}
+	acc := func(h, w int) int { return 8 + h*W + w }
+	for i := 8; i < 8+G*W; i++ {
+		fmt.Fprintf(s, "\tVPXORD Z%d, Z%d, Z%d\n", i, i, i)
+	}
+	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ %s_done\n%s_loop:\n", name, name)
+	for w := 0; w < W; w++ {
+		fmt.Fprintf(s, "\tVMOVUPS %d(DI), Z%d\n", 64*w, w)
+	}
+	probSrc := []string{"(SI)", "(SI)(R8*1)", "(SI)(R8*2)", "(R10)"}
+	for h := 0; h < G; h++ {
+		fmt.Fprintf(s, "\tVBROADCASTSS %s, Z%d\n", probSrc[h], 4+h)
+	}
+	for h := 0; h < G; h++ {
+		for w := 0; w < W; w++ {
+			fmt.Fprintf(s, "\tVFMADD231PS Z%d, Z%d, Z%d\n", w, 4+h, acc(h, w))
+		}
+	}
+	fmt.Fprintf(s, "\tADDQ $4, SI\n")
+	if G > 3 {
+		fmt.Fprintf(s, "\tADDQ $4, R10\n")
+	}
+	fmt.Fprintf(s, "\tADDQ DX, DI\n\tDECQ CX\n\tJNZ %s_loop\n%s_done:\n", name, name)
+	fmt.Fprintf(s, "\tMOVQ o+40(FP), AX\n\tMOVQ ldo+48(FP), R9\n\tSHLQ $2, R9\n")
+	if G > 3 {
+		fmt.Fprintf(s, "\tLEAQ (AX)(R9*2), R11\n\tADDQ R9, R11\n")
+	}
+	outRow := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(R11)"}
+	for h := 0; h < G; h++ {
+		for w := 0; w < W; w++ {
+			fmt.Fprintf(s, "\tVMOVUPS Z%d, %d%s\n", acc(h, w), 64*w, outRow[h])
+		}
+	}
+	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
+}
+
 // bf16Consts writes the constants of the AVX-512 bf16 kernels: bf16hi, the
 // mask that keeps the high bf16 of each dword, and bf16unperm, the VPERMPS
 // index that puts an accumulator's lanes, which hold elements 0,2,4,6,1,3,5,7
@@ -765,14 +845,9 @@ func siluMulAVX(gp, up *float32, n int)
 	}
 	fmt.Fprintf(s, "GLOBL siluc<>(SB), RODATA|NOPTR, $%d\n", 32*len(consts))
 	c := func(name string) string { return fmt.Sprintf("siluc<>+%d(SB)", off[name]) }
-	fmt.Fprintf(s, "\n// func siluMulAVX(gp, up *float32, n int)\nTEXT ·siluMulAVX(SB), NOSPLIT, $0-24\n")
-	fmt.Fprintf(s, "\tMOVQ gp+0(FP), DI\n\tMOVQ up+8(FP), SI\n\tMOVQ n+16(FP), CX\n\tSHRQ $3, CX\n\tJZ silu_done\n")
-	fmt.Fprintf(s, "\tVMOVUPS %s, Y10\n\tVMOVUPS %s, Y11\n\tVMOVUPS %s, Y12\n\tVPXOR Y13, Y13, Y13\n", c("inf"), c("magic"), c("one"))
-	fmt.Fprintf(s, "silu_loop:\n")
-	lines := []string{
-		"VMOVUPS (DI), Y0",                 // x
-		"VXORPS " + c("sign") + ", Y0, Y1", // y = -x
-		// expf(y)
+	// expLines computes Y6 = expf(Y1) with the scalar expf's very
+	// operations (Y10 = +Inf, Y11 = magic, Y12 = 1; Y2-Y9 scratch).
+	expLines := []string{
 		"VMULPS " + c("log2e") + ", Y1, Y2",
 		"VADDPS Y11, Y2, Y2", // t = y*log2e + magic
 		"VPSUBD Y11, Y2, Y3", // k = bits(t) - bits(magic)
@@ -797,13 +872,40 @@ func siluMulAVX(gp, up *float32, n int)
 		"VBLENDVPS Y8, Y10, Y6, Y6",
 		"VCMPPS $0x19, " + c("lo") + ", Y1, Y9", // !(y >= -87.3): 0
 		"VANDNPS Y6, Y9, Y6",
+	}
+	fmt.Fprintf(g, `// expSumAVX sets p[i] = expf(p[i]-m) for i < n&^7, bit for bit as the
+// scalar expf does, and adds each p[i] to lane i%%8 of lanes, in order.
+//
+//go:noescape
+func expSumAVX(p *float32, n int, m float32, lanes *[8]float32)
+
+`)
+	fmt.Fprintf(s, "\n// func expSumAVX(p *float32, n int, m float32, lanes *[8]float32)\nTEXT ·expSumAVX(SB), NOSPLIT, $0-32\n")
+	fmt.Fprintf(s, "\tMOVQ p+0(FP), DI\n\tMOVQ n+8(FP), CX\n\tMOVQ lanes+24(FP), AX\n\tVMOVUPS (AX), Y13\n\tSHRQ $3, CX\n\tJZ expsum_done\n")
+	fmt.Fprintf(s, "\tVBROADCASTSS m+16(FP), Y14\n\tVMOVUPS %s, Y10\n\tVMOVUPS %s, Y11\n\tVMOVUPS %s, Y12\n", c("inf"), c("magic"), c("one"))
+	fmt.Fprintf(s, "expsum_loop:\n\tVMOVUPS (DI), Y1\n\tVSUBPS Y14, Y1, Y1\n")
+	for _, l := range expLines {
+		fmt.Fprintf(s, "\t%s\n", l)
+	}
+	fmt.Fprintf(s, "\tVMOVUPS Y6, (DI)\n\tVADDPS Y6, Y13, Y13\n\tADDQ $32, DI\n\tDECQ CX\n\tJNZ expsum_loop\n")
+	fmt.Fprintf(s, "expsum_done:\n\tVMOVUPS Y13, (AX)\n\tVZEROUPPER\n\tRET\n")
+	fmt.Fprintf(s, "\n// func siluMulAVX(gp, up *float32, n int)\nTEXT ·siluMulAVX(SB), NOSPLIT, $0-24\n")
+	fmt.Fprintf(s, "\tMOVQ gp+0(FP), DI\n\tMOVQ up+8(FP), SI\n\tMOVQ n+16(FP), CX\n\tSHRQ $3, CX\n\tJZ silu_done\n")
+	fmt.Fprintf(s, "\tVMOVUPS %s, Y10\n\tVMOVUPS %s, Y11\n\tVMOVUPS %s, Y12\n\tVPXOR Y13, Y13, Y13\n", c("inf"), c("magic"), c("one"))
+	fmt.Fprintf(s, "silu_loop:\n")
+	lines := []string{
+		"VMOVUPS (DI), Y0",                 // x
+		"VXORPS " + c("sign") + ", Y0, Y1", // y = -x
+	}
+	lines = append(lines, expLines...) // expf(y)
+	lines = append(lines,
 		// silu(x)·u = x/(1+e)·u
 		"VADDPS Y12, Y6, Y6",
 		"VDIVPS Y6, Y0, Y0",
 		"VMULPS (SI), Y0, Y0",
 		"VMOVUPS Y0, (DI)",
 		"ADDQ $32, DI", "ADDQ $32, SI", "DECQ CX", "JNZ silu_loop",
-	}
+	)
 	for _, l := range lines {
 		fmt.Fprintf(s, "\t%s\n", l)
 	}

@@ -67,3 +67,13 @@ func siluMul(g, u []float32) {
 func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32) {
 	panic("cpu: no assembly kernels in this build")
 }
+
+// expSumAVX is never called when haveAsm is false.
+func expSumAVX(p *float32, n int, m float32, lanes *[8]float32) {
+	panic("cpu: no assembly kernels in this build")
+}
+
+// wsumZAsm is never called when haveAVX512 is false.
+func wsumZAsm(G, W int, p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int) {
+	panic("cpu: no assembly kernels in this build")
+}

@@ -506,3 +506,87 @@ func refcaseMaxAbsDiff(a, b []float32) float64 {
 	}
 	return d
 }
+
+// TestExpSum checks the softmax's exponentials and their sum: the kernel
+// sets are bit for bit the scalar loop in expSum's order (expf per element,
+// eight lanes, reduce8, then the tail), and that sum is within float32
+// rounding of a float64 one; maxOf is the sequential maximum.
+func TestExpSum(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 16))
+	for _, n := range []int{0, 1, 7, 8, 9, 15, 16, 17, 40, 1001} {
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = float32(rng.NormFloat64() * 8)
+		}
+		if n > 2 {
+			x[1] = -200 // underflows to 0
+		}
+		m := maxOf(x)
+		seq := float32(math.Inf(-1))
+		for _, v := range x {
+			seq = max(seq, v)
+		}
+		if m != seq {
+			t.Fatalf("n %d: maxOf %g, sequential %g", n, m, seq)
+		}
+		var lanes [8]float32
+		want := make([]float32, n)
+		for i, v := range x {
+			want[i] = expf(v - m)
+		}
+		for i := 0; i < n&^7; i++ {
+			lanes[i%8] += want[i]
+		}
+		wantSum := reduce8(&lanes)
+		for i := n &^ 7; i < n; i++ {
+			wantSum += want[i]
+		}
+		var ref float64
+		for i := range x {
+			ref += math.Exp(float64(x[i] - m))
+		}
+		for name, ks := range kernelSets(t) {
+			p := slices.Clone(x)
+			got := ks.expSum(p, m)
+			if math.Float32bits(got) != math.Float32bits(wantSum) || !slices.Equal(p, want) {
+				t.Fatalf("%s n %d: sum %g, want %g (or elements differ)", name, n, got, wantSum)
+			}
+			if d := math.Abs(float64(got) - ref); d > 1e-6*max(ref, 1)*float64(n+1) {
+				t.Fatalf("%s n %d: sum %g, float64 %g", name, n, got, ref)
+			}
+		}
+	}
+	if v := maxOf([]float32{1, float32(math.NaN()), 3, 2, 5}); v == v {
+		t.Errorf("maxOf with a NaN = %g", v)
+	}
+}
+
+// TestWsumG checks the several-head weighted sum against wsum head by head,
+// bit for bit, for head counts around the kernels' four, head sizes with
+// and without a 16-column part and a tail, and strided rows.
+func TestWsumG(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 18))
+	for name, ks := range kernelSets(t) {
+		for _, G := range []int{1, 2, 3, 4, 5, 9} {
+			for _, hd := range []int{8, 16, 24, 64, 100, 128} {
+				for _, n := range []int{0, 1, 7, 33} {
+					ldv, ldp, ldo := hd+5, n+3, hd+2
+					v := randVec(rng, max(n, 1)*ldv)
+					p := randVec(rng, G*ldp)
+					got := make([]float32, G*ldo)
+					for i := range got {
+						got[i] = -1e30
+					}
+					want := slices.Clone(got)
+					ks.wsumG(p, ldp, G, v, ldv, n, got, ldo, hd)
+					for g := range G {
+						ks.wsum(p[g*ldp:g*ldp+n], v, ldv, want[g*ldo:g*ldo+hd])
+					}
+					if !slices.Equal(got, want) {
+						t.Fatalf("%s G=%d hd=%d n=%d: differs from wsum per head", name, G, hd, n)
+					}
+				}
+			}
+		}
+	}
+}
