@@ -77,8 +77,11 @@ func (e *Executor) MaxContext() int { return e.maxCtx }
 
 // Sequence is a KV cache for one sequence.
 type Sequence struct {
-	ex       *Executor
-	k, v     [][]float32 // per layer, [n, kvDim]
+	ex *Executor
+	// kt holds each layer's keys transposed, [KV heads][head dim][room]
+	// (room a multiple of 16 positions; the score kernels run along
+	// positions); v each layer's values, [n, kvDim].
+	kt, v    [][]float32
 	n        int
 	partial  bool // a capture-only step skipped upper layers: the cache cannot be extended
 	released bool
@@ -86,7 +89,7 @@ type Sequence struct {
 
 // NewSequence returns an empty sequence.
 func (e *Executor) NewSequence() engine.Sequence {
-	return &Sequence{ex: e, k: make([][]float32, e.cfg.Layers), v: make([][]float32, e.cfg.Layers)}
+	return &Sequence{ex: e, kt: make([][]float32, e.cfg.Layers), v: make([][]float32, e.cfg.Layers)}
 }
 
 // Len returns the number of cached tokens.
@@ -94,7 +97,7 @@ func (s *Sequence) Len() int { return s.n }
 
 // Release frees the cache.
 func (s *Sequence) Release() {
-	s.k, s.v, s.n, s.released = nil, nil, 0, true
+	s.kt, s.v, s.n, s.released = nil, nil, 0, true
 }
 
 // Truncate drops cached tokens from position n on, so a sequence can be
@@ -104,9 +107,8 @@ func (s *Sequence) Truncate(n int) {
 		return
 	}
 	kv := s.ex.cfg.KVDim()
-	for l := range s.k {
-		s.k[l] = s.k[l][:n*kv]
-		s.v[l] = s.v[l][:n*kv]
+	for l := range s.v {
+		s.v[l] = s.v[l][:n*kv] // kt's positions past n are simply not read
 	}
 	s.n = n
 }
@@ -135,6 +137,26 @@ func growKV(buf []float32, n, add, kv, limit int) []float32 {
 	c = max(min(c, limit), need)
 	nb := make([]float32, n, c)
 	copy(nb, buf[:n])
+	return nb
+}
+
+// growKT returns the key-transposed cache buf (rows rows of len(buf)/rows
+// positions each) with room for n+add positions, keeping each row's first
+// n: when it has none, a copy with room grown as growKV grows it, rounded up
+// to a multiple of 16 positions (the score kernels' block).
+func growKT(buf []float32, n, add, rows, limit int) []float32 {
+	room := len(buf) / rows
+	need := n + add
+	if need <= room {
+		return buf
+	}
+	c := max(room+room/2, minKVPositions)
+	c = max(min(c, limit), need)
+	c = (c + 15) &^ 15
+	nb := make([]float32, rows*c)
+	for r := range rows {
+		copy(nb[r*c:r*c+n], buf[r*room:r*room+n])
+	}
 	return nb
 }
 
@@ -371,7 +393,14 @@ func (st *step) layer(l int, x []float32, b *buffers) {
 	for i, r := range st.rows {
 		s := st.seqs[i]
 		lo, hi := st.off[i]*kv, (st.off[i]+len(r.Tokens))*kv
-		s.k[l] = append(growKV(s.k[l], s.n*kv, hi-lo, kv, e.maxCtx*kv), b.k[lo:hi]...)
+		s.kt[l] = growKT(s.kt[l], s.n, len(r.Tokens), kv, e.maxCtx)
+		kt, room := s.kt[l], len(s.kt[l])/kv
+		for t := range len(r.Tokens) {
+			pos := s.n + t
+			for c, x := range b.k[lo+t*kv : lo+(t+1)*kv] {
+				kt[c*room+pos] = x
+			}
+		}
 		s.v[l] = append(growKV(s.v[l], s.n*kv, hi-lo, kv, e.maxCtx*kv), b.v[lo:hi]...)
 	}
 	st.attention(l, b.q, b.att)
@@ -632,9 +661,10 @@ func (st *step) applyRope(q, k []float32) {
 }
 
 // attention computes each new token's attention over its sequence's cache.
-// One task is a (token, KV head) pair: the tile kernels stream the keys as
-// "tokens" past the group's query heads, so each key row is loaded once for
-// all the heads that share it.
+// One task is a (token, KV head) pair: the group's query heads score every
+// key of the transposed cache in one pass (scoresKT, from the 16-position
+// block holding the window's first key), then share each value row's load
+// (wsumG).
 func (st *step) attention(l int, q, out []float32) {
 	cfg := st.e.cfg
 	H, hd := cfg.Heads, cfg.HeadDim
@@ -644,7 +674,7 @@ func (st *step) attention(l int, q, out []float32) {
 	window := cfg.Window(l)
 	ks := native
 	run := func(t0, t1 int) {
-		var scores, probs []float32
+		var scores []float32
 		sums := make([]float32, group)
 		for task := t0; task < t1; task++ {
 			tok, kh := task/KH, task%KH
@@ -656,20 +686,23 @@ func (st *step) attention(l int, q, out []float32) {
 				lo = max(0, pos-window+1)
 			}
 			nk := pos + 1 - lo
-			if cap(scores) < group*nk {
-				scores = make([]float32, group*nk, 2*group*nk)
-				probs = make([]float32, group*nk, 2*group*nk)
+			lo16 := lo &^ 15
+			nb := (pos + 1 - lo16 + 15) / 16 // within the cache's room: a multiple of 16 past pos
+			ldo := 16 * nb
+			if cap(scores) < group*ldo {
+				scores = make([]float32, group*ldo, 2*group*ldo)
 			}
-			scores, probs = scores[:group*nk], probs[:group*nk]
+			scores = scores[:group*ldo]
 			h0 := tok*H + kh*group // first query head of the group
-			heads := wmat{dt: dtF32, f32: q[h0*hd : (h0+group)*hd], ld: hd}
-			// scores[j*group+g] = q[h0+g]·k[lo+j]
-			ks.gemm(heads, nil, s.k[l][lo*kvd+kh*hd:], kvd, nk, hd, scores, group, 0, group, nil)
-			// probs[g*nk+j]: head g's softmax over the keys, unnormalised.
+			room := len(s.kt[l]) / kvd
+			// scores[g*ldo+j] = q[h0+g]·k[lo16+j]
+			ks.scoresKT(q[h0*hd:(h0+group)*hd], group, hd, s.kt[l][kh*hd*room+lo16:], room, scores, ldo, nb)
+			// Head g's keys lo..pos, scaled and then exponentiated in place.
+			off := lo - lo16
 			for g := 0; g < group; g++ {
-				pg := probs[g*nk : (g+1)*nk]
-				for j := range pg {
-					v := scores[j*group+g] * cfg.AttnScale
+				pg := scores[g*ldo+off : g*ldo+off+nk]
+				for j, v := range pg {
+					v *= cfg.AttnScale
 					if cfg.AttnSoftcap > 0 {
 						v = softcap(v, cfg.AttnSoftcap)
 					}
@@ -679,7 +712,7 @@ func (st *step) attention(l int, q, out []float32) {
 			}
 			// The group's heads share each value row's load.
 			o := out[h0*hd : (h0+group)*hd]
-			ks.wsumG(probs, nk, group, s.v[l][lo*kvd+kh*hd:], kvd, nk, o, hd, hd)
+			ks.wsumG(scores[off:], ldo, group, s.v[l][lo*kvd+kh*hd:], kvd, nk, o, hd, hd)
 			for g := 0; g < group; g++ {
 				inv := 1 / sums[g]
 				og := o[g*hd : (g+1)*hd]

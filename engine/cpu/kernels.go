@@ -563,6 +563,50 @@ func (ks kernelSet) wsum(p, v []float32, ldv int, o []float32) {
 	}
 }
 
+// scoresKT writes o[g*ldo+j] = Σ_c q[g*hd+c]·kt[c*ldk+j] for heads g < G
+// and keys j < 16*nb: the attention scores of G query heads (rows of hd in
+// q) against keys stored transposed (element c of key j at kt[c*ldk+j]).
+// Every score sums over c in order, with fused multiply-adds in the
+// assembly (AVX-512 and AVX2 give the same bits) and rounded products in
+// pure Go. The keys lie along the vector lanes, so nothing is reduced
+// across lanes, which is what the row-major tile kernels spent most of
+// their time on for 64-element rows.
+func (ks kernelSet) scoresKT(q []float32, G, hd int, kt []float32, ldk int, o []float32, ldo, nb int) {
+	if G == 0 || nb == 0 || hd == 0 {
+		return
+	}
+	_ = q[G*hd-1]
+	_ = kt[(hd-1)*ldk+16*nb-1]
+	_ = o[(G-1)*ldo+16*nb-1]
+	for g0 := 0; g0 < G; g0 += 4 {
+		gn := min(4, G-g0)
+		qg, og := &q[g0*hd], &o[g0*ldo]
+		switch {
+		case ks.avx512:
+			if n4 := nb / 4; n4 > 0 {
+				scoresZAsm(gn, 4, qg, hd, &kt[0], ldk, og, ldo, n4)
+			}
+			if r := nb % 4; r > 0 {
+				j := 64 * (nb / 4)
+				scoresZAsm(gn, r, qg, hd, &kt[j], ldk, &o[g0*ldo+j], ldo, 1)
+			}
+		case ks.asm:
+			scoresYAsm(gn, qg, hd, &kt[0], ldk, og, ldo, nb)
+		default:
+			for g := g0; g < g0+gn; g++ {
+				og := o[g*ldo : g*ldo+16*nb]
+				clear(og)
+				for c, qc := range q[g*hd : (g+1)*hd] {
+					row := kt[c*ldk : c*ldk+16*nb]
+					for j, k := range row {
+						og[j] += qc * k
+					}
+				}
+			}
+		}
+	}
+}
+
 // maxWG and maxWW are the most heads and 16-column vectors of an AVX-512
 // weighted-sum kernel (wsumZTab).
 const maxWG, maxWW = 4, 4

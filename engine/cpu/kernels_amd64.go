@@ -106,3 +106,15 @@ func siluMul(g, u []float32) {
 func wsumZAsm(G, W int, p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int) {
 	wsumZTab[G-1][W-1](p, ldp, v, ldv, n, o, ldo)
 }
+
+// scoresZAsm runs the AVX-512 score kernel for G heads over nb blocks of W
+// 16-key vectors (see scoresZTab).
+func scoresZAsm(G, W int, q *float32, hd int, kt *float32, ldk int, o *float32, ldo, nb int) {
+	scoresZTab[G-1][W-1](q, hd, kt, ldk, o, ldo, nb)
+}
+
+// scoresYAsm runs the AVX2 score kernel for G heads over nb blocks of 16
+// keys (see scoresYTab).
+func scoresYAsm(G int, q *float32, hd int, kt *float32, ldk int, o *float32, ldo, nb int) {
+	scoresYTab[G-1](q, hd, kt, ldk, o, ldo, nb)
+}

@@ -1578,6 +1578,276 @@ func wsumZG4W3(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
 //go:noescape
 func wsumZG4W4(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
 
+// scoresYG1W2 computes, for heads g < 1 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresYG1W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG1W1 computes, for heads g < 1 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG1W1(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG1W2 computes, for heads g < 1 and keys j < 32*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG1W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG1W3 computes, for heads g < 1 and keys j < 48*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG1W3(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG1W4 computes, for heads g < 1 and keys j < 64*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG1W4(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresYG2W2 computes, for heads g < 2 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresYG2W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG2W1 computes, for heads g < 2 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG2W1(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG2W2 computes, for heads g < 2 and keys j < 32*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG2W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG2W3 computes, for heads g < 2 and keys j < 48*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG2W3(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG2W4 computes, for heads g < 2 and keys j < 64*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG2W4(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresYG3W2 computes, for heads g < 3 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresYG3W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG3W1 computes, for heads g < 3 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG3W1(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG3W2 computes, for heads g < 3 and keys j < 32*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG3W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG3W3 computes, for heads g < 3 and keys j < 48*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG3W3(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG3W4 computes, for heads g < 3 and keys j < 64*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG3W4(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresYG4W2 computes, for heads g < 4 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresYG4W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG4W1 computes, for heads g < 4 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG4W1(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG4W2 computes, for heads g < 4 and keys j < 32*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG4W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG4W3 computes, for heads g < 4 and keys j < 48*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG4W3(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG4W4 computes, for heads g < 4 and keys j < 64*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG4W4(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZTab holds the AVX-512 score kernels, indexed [heads-1][vectors-1]; scoresYTab the AVX2 ones (16 keys a block), [heads-1].
+var scoresZTab = [4][4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){
+	{scoresZG1W1, scoresZG1W2, scoresZG1W3, scoresZG1W4},
+	{scoresZG2W1, scoresZG2W2, scoresZG2W3, scoresZG2W4},
+	{scoresZG3W1, scoresZG3W2, scoresZG3W3, scoresZG3W4},
+	{scoresZG4W1, scoresZG4W2, scoresZG4W3, scoresZG4W4},
+}
+
+var scoresYTab = [4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){scoresYG1W2, scoresYG2W2, scoresYG3W2, scoresYG4W2}
+
 // wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1].
 var wsumZTab = [4][4]func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int){
 	{wsumZG1W1, wsumZG1W2, wsumZG1W3, wsumZG1W4},

@@ -100,6 +100,25 @@ func main() {
 			wsumZ(&s, &g, G, W)
 		}
 	}
+	for G := 1; G <= 4; G++ {
+		scoresK(&s, &g, false, G, 2)
+		for W := 1; W <= 4; W++ {
+			scoresK(&s, &g, true, G, W)
+		}
+	}
+	fmt.Fprintf(&g, "// scoresZTab holds the AVX-512 score kernels, indexed [heads-1][vectors-1]; scoresYTab the AVX2 ones (16 keys a block), [heads-1].\nvar scoresZTab = [4][4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){\n")
+	for G := 1; G <= 4; G++ {
+		fmt.Fprintf(&g, "{")
+		for W := 1; W <= 4; W++ {
+			fmt.Fprintf(&g, "scoresZG%dW%d,", G, W)
+		}
+		fmt.Fprintf(&g, "},\n")
+	}
+	fmt.Fprintf(&g, "}\n\nvar scoresYTab = [4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){")
+	for G := 1; G <= 4; G++ {
+		fmt.Fprintf(&g, "scoresYG%dW2,", G)
+	}
+	fmt.Fprintf(&g, "}\n\n")
 	fmt.Fprintf(&g, "// wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1].\nvar wsumZTab = [%d][%d]func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int){\n", maxWG, maxWW)
 	for G := 1; G <= maxWG; G++ {
 		fmt.Fprintf(&g, "{")
@@ -660,6 +679,89 @@ func %s(p, v *float32, ldv, n int, o *float32)
 	for i := 0; i < W; i++ {
 		fmt.Fprintf(s, "\tVMOVUPS Y%d, %d(DI)\n", i, 32*i)
 	}
+	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
+}
+
+// scoresK writes an attention-score kernel over a key-transposed cache for
+// G query heads and blocks of W vectors of keys (16 keys a zmm vector, 8 a
+// ymm one): for each key j and head g, the sum over the head dimension c in
+// order of fma(q[g][c], kt[c][j], acc), from zero. The keys lie along the
+// vector lanes, so there is nothing to reduce across lanes.
+//
+// Registers: key vectors from 0, the heads' q[g][c] broadcast from
+// nk = W (ymm) or 4 (zmm), accumulators after them; SI walks q (row g at
+// +g*hd, from R10 = SI+3*hd for g = 3), BX the cache rows of the block (DX =
+// ldk in bytes), AX the outputs (row g at +g*ldo, R9 = ldo in bytes).
+func scoresK(s, g *bytes.Buffer, zmm bool, G, W int) {
+	v, lanes, kind := "Y", 8, "Y"
+	bc := W
+	if zmm {
+		v, lanes, kind = "Z", 16, "Z"
+		bc = 4
+	}
+	acc := func(h, w int) int { return bc + G + h*W + w }
+	name := fmt.Sprintf("scores%sG%dW%d", kind, G, W)
+	blk := lanes * W * 4 // bytes of keys (or outputs) per block
+	fmt.Fprintf(g, `// %s computes, for heads g < %d and keys j < %d*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func %s(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+`, name, G, lanes*W, name)
+	fmt.Fprintf(s, "\n// func %s(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)\nTEXT ·%s(SB), NOSPLIT, $0-56\n", name, name)
+	fmt.Fprintf(s, "\tMOVQ hd+8(FP), R8\n\tSHLQ $2, R8\n\tMOVQ kt+16(FP), DI\n\tMOVQ ldk+24(FP), DX\n\tSHLQ $2, DX\n")
+	fmt.Fprintf(s, "\tMOVQ o+32(FP), AX\n\tMOVQ ldo+40(FP), R9\n\tSHLQ $2, R9\n\tMOVQ nb+48(FP), R13\n")
+	fmt.Fprintf(s, "%s_block:\n\tMOVQ q+0(FP), SI\n", name)
+	if G > 3 {
+		fmt.Fprintf(s, "\tLEAQ (SI)(R8*2), R10\n\tADDQ R8, R10\n")
+	}
+	fmt.Fprintf(s, "\tMOVQ DI, BX\n\tMOVQ hd+8(FP), CX\n")
+	for h := 0; h < G; h++ {
+		for w := 0; w < W; w++ {
+			a := acc(h, w)
+			if zmm {
+				fmt.Fprintf(s, "\tVPXORD Z%d, Z%d, Z%d\n", a, a, a)
+			} else {
+				fmt.Fprintf(s, "\tVXORPS Y%d, Y%d, Y%d\n", a, a, a)
+			}
+		}
+	}
+	fmt.Fprintf(s, "%s_c:\n", name)
+	for w := 0; w < W; w++ {
+		fmt.Fprintf(s, "\tVMOVUPS %d(BX), %s%d\n", 4*lanes*w, v, w)
+	}
+	qSrc := []string{"(SI)", "(SI)(R8*1)", "(SI)(R8*2)", "(R10)"}
+	for h := 0; h < G; h++ {
+		fmt.Fprintf(s, "\tVBROADCASTSS %s, %s%d\n", qSrc[h], v, bc+h)
+	}
+	for h := 0; h < G; h++ {
+		for w := 0; w < W; w++ {
+			fmt.Fprintf(s, "\tVFMADD231PS %s%d, %s%d, %s%d\n", v, w, v, bc+h, v, acc(h, w))
+		}
+	}
+	fmt.Fprintf(s, "\tADDQ $4, SI\n")
+	if G > 3 {
+		fmt.Fprintf(s, "\tADDQ $4, R10\n")
+	}
+	fmt.Fprintf(s, "\tADDQ DX, BX\n\tDECQ CX\n\tJNZ %s_c\n", name)
+	if G > 3 {
+		fmt.Fprintf(s, "\tLEAQ (AX)(R9*2), R11\n\tADDQ R9, R11\n")
+	}
+	outRow := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(R11)"}
+	for h := 0; h < G; h++ {
+		for w := 0; w < W; w++ {
+			fmt.Fprintf(s, "\tVMOVUPS %s%d, %d%s\n", v, acc(h, w), 4*lanes*w, outRow[h])
+		}
+	}
+	fmt.Fprintf(s, "\tADDQ $%d, DI\n\tADDQ $%d, AX\n\tDECQ R13\n\tJNZ %s_block\n", blk, blk, name)
 	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
 }
 

@@ -77,3 +77,13 @@ func expSumAVX(p *float32, n int, m float32, lanes *[8]float32) {
 func wsumZAsm(G, W int, p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int) {
 	panic("cpu: no assembly kernels in this build")
 }
+
+// scoresZAsm is never called when haveAVX512 is false.
+func scoresZAsm(G, W int, q *float32, hd int, kt *float32, ldk int, o *float32, ldo, nb int) {
+	panic("cpu: no assembly kernels in this build")
+}
+
+// scoresYAsm is never called when haveAsm is false.
+func scoresYAsm(G int, q *float32, hd int, kt *float32, ldk int, o *float32, ldo, nb int) {
+	panic("cpu: no assembly kernels in this build")
+}
