@@ -116,5 +116,5 @@ func scoresZAsm(G, W int, q *float32, hd int, kt *float32, ldk int, o *float32, 
 // scoresYAsm runs the AVX2 score kernel for G heads over nb blocks of 16
 // keys (see scoresYTab).
 func scoresYAsm(G int, q *float32, hd int, kt *float32, ldk int, o *float32, ldo, nb int) {
-	scoresYTab[G-1](q, hd, kt, ldk, o, ldo, nb)
+	scoresYTab[0][G-1](q, hd, kt, ldk, o, ldo, nb)
 }

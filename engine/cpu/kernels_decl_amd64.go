@@ -1838,7 +1838,7 @@ func scoresZG4W3(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, 
 //go:noescape
 func scoresZG4W4(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
 
-// scoresZTab holds the AVX-512 score kernels, indexed [heads-1][vectors-1]; scoresYTab the AVX2 ones (16 keys a block), [heads-1].
+// scoresZTab holds the AVX-512 score kernels, indexed [heads-1][vectors-1].
 var scoresZTab = [4][4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){
 	{scoresZG1W1, scoresZG1W2, scoresZG1W3, scoresZG1W4},
 	{scoresZG2W1, scoresZG2W2, scoresZG2W3, scoresZG2W4},
@@ -1846,7 +1846,10 @@ var scoresZTab = [4][4]func(q *float32, hd int, kt *float32, ldk int, o *float32
 	{scoresZG4W1, scoresZG4W2, scoresZG4W3, scoresZG4W4},
 }
 
-var scoresYTab = [4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){scoresYG1W2, scoresYG2W2, scoresYG3W2, scoresYG4W2}
+// scoresYTab holds the AVX2 score kernels (16 keys a block), indexed [0][heads-1].
+var scoresYTab = [1][4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){
+	{scoresYG1W2, scoresYG2W2, scoresYG3W2, scoresYG4W2},
+}
 
 // wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1].
 var wsumZTab = [4][4]func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int){

@@ -106,28 +106,14 @@ func main() {
 			scoresK(&s, &g, true, G, W)
 		}
 	}
-	fmt.Fprintf(&g, "// scoresZTab holds the AVX-512 score kernels, indexed [heads-1][vectors-1]; scoresYTab the AVX2 ones (16 keys a block), [heads-1].\nvar scoresZTab = [4][4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){\n")
-	for G := 1; G <= 4; G++ {
-		fmt.Fprintf(&g, "{")
-		for W := 1; W <= 4; W++ {
-			fmt.Fprintf(&g, "scoresZG%dW%d,", G, W)
-		}
-		fmt.Fprintf(&g, "},\n")
-	}
-	fmt.Fprintf(&g, "}\n\nvar scoresYTab = [4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){")
-	for G := 1; G <= 4; G++ {
-		fmt.Fprintf(&g, "scoresYG%dW2,", G)
-	}
-	fmt.Fprintf(&g, "}\n\n")
-	fmt.Fprintf(&g, "// wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1].\nvar wsumZTab = [%d][%d]func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int){\n", maxWG, maxWW)
-	for G := 1; G <= maxWG; G++ {
-		fmt.Fprintf(&g, "{")
-		for W := 1; W <= maxWW; W++ {
-			fmt.Fprintf(&g, "wsumZG%dW%d,", G, W)
-		}
-		fmt.Fprintf(&g, "},\n")
-	}
-	fmt.Fprintf(&g, "}\n\n")
+	const scoresTyp = "func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)"
+	table2(&g, "scoresZTab holds the AVX-512 score kernels, indexed [heads-1][vectors-1]", "scoresZTab", scoresTyp,
+		4, 4, func(G, W int) string { return fmt.Sprintf("scoresZG%dW%d", G, W) })
+	table2(&g, "scoresYTab holds the AVX2 score kernels (16 keys a block), indexed [0][heads-1]", "scoresYTab", scoresTyp,
+		1, 4, func(_, G int) string { return fmt.Sprintf("scoresYG%dW2", G) })
+	table2(&g, "wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1]", "wsumZTab",
+		"func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)",
+		maxWG, maxWW, func(G, W int) string { return fmt.Sprintf("wsumZG%dW%d", G, W) })
 	fmt.Fprintf(&g, "// wsumTab holds the weighted-sum kernels, indexed by width in vectors - 1.\nvar wsumTab = [8]func(p, v *float32, ldv, n int, o *float32){")
 	for W := 1; W <= 8; W++ {
 		fmt.Fprintf(&g, "wsumAVX%d,", W)
@@ -139,15 +125,9 @@ func main() {
 	table(&g, "tileZTab holds the AVX-512 pair kernels, indexed [dtype][P-1][R-1]", "tileZTab",
 		"func(w unsafe.Pointer, ldw int, xp *float32, ldp int, k int, out *float32, ldo int, nt int, ldr int)",
 		maxP, maxRZ, func(d dtype, i, R int) string { return fmt.Sprintf("tileZ%sT%dR%d", d.name, 2*i, R) })
-	fmt.Fprintf(&g, "// tileBTab holds the AVX512_BF16 kernels, indexed [T-1][R-1].\nvar tileBTab = [%d][%d]func(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int){\n", maxTB, maxRB)
-	for T := 1; T <= maxTB; T++ {
-		fmt.Fprintf(&g, "{")
-		for R := 1; R <= maxRB; R++ {
-			fmt.Fprintf(&g, "tileBT%dR%d,", T, R)
-		}
-		fmt.Fprintf(&g, "},\n")
-	}
-	fmt.Fprintf(&g, "}\n\n")
+	table2(&g, "tileBTab holds the AVX512_BF16 kernels, indexed [T-1][R-1]", "tileBTab",
+		"func(w unsafe.Pointer, ldw int, x *uint16, ldx int, k int, out *float32, ldo int, nt int, ldr int)",
+		maxTB, maxRB, func(T, R int) string { return fmt.Sprintf("tileBT%dR%d", T, R) })
 	src := bytes.Replace(g.Bytes(), []byte("package cpu\n"), []byte("package cpu\n\nimport \"unsafe\"\n"), 1)
 	out, err := format.Source(src)
 	if err != nil {
@@ -170,6 +150,20 @@ func table(g *bytes.Buffer, doc, v, typ string, n1, n2 int, name func(d dtype, i
 				fmt.Fprintf(g, "%s,", name(d, i, j))
 			}
 			fmt.Fprintf(g, "},\n")
+		}
+		fmt.Fprintf(g, "},\n")
+	}
+	fmt.Fprintf(g, "}\n\n")
+}
+
+// table2 writes an [n1][n2] array of kernels named by name(i, j) for
+// 1 ≤ i ≤ n1, 1 ≤ j ≤ n2.
+func table2(g *bytes.Buffer, doc, v, typ string, n1, n2 int, name func(i, j int) string) {
+	fmt.Fprintf(g, "// %s.\nvar %s = [%d][%d]%s{\n", doc, v, n1, n2, typ)
+	for i := 1; i <= n1; i++ {
+		fmt.Fprintf(g, "{")
+		for j := 1; j <= n2; j++ {
+			fmt.Fprintf(g, "%s,", name(i, j))
 		}
 		fmt.Fprintf(g, "},\n")
 	}
