@@ -676,6 +676,7 @@ func (st *step) attention(l int, q, out []float32) {
 	run := func(t0, t1 int) {
 		var scores []float32
 		sums := make([]float32, group)
+		qs := make([]float32, group*hd) // the group's query heads, times the attention scale
 		for task := t0; task < t1; task++ {
 			tok, kh := task/KH, task%KH
 			i := st.rowOf(tok)
@@ -695,20 +696,23 @@ func (st *step) attention(l int, q, out []float32) {
 			scores = scores[:group*ldo]
 			h0 := tok*H + kh*group // first query head of the group
 			room := len(s.kt[l]) / kvd
-			// scores[g*ldo+j] = q[h0+g]·k[lo16+j]
-			ks.scoresKT(q[h0*hd:(h0+group)*hd], group, hd, s.kt[l][kh*hd*room+lo16:], room, scores, ldo, nb)
-			// Head g's keys lo..pos, scaled and then exponentiated in place.
+			// scores[g*ldo+j] = (scale·q[h0+g])·k[lo16+j]: scaling the
+			// query rather than every score (exact where the scale is a
+			// power of two, as 1/√64 is).
+			for i, v := range q[h0*hd : (h0+group)*hd] {
+				qs[i] = v * cfg.AttnScale
+			}
+			ks.scoresKT(qs, group, hd, s.kt[l][kh*hd*room+lo16:], room, scores, ldo, nb)
+			// Head g's keys lo..pos, soft-capped and exponentiated in place.
 			off := lo - lo16
 			for g := 0; g < group; g++ {
 				pg := scores[g*ldo+off : g*ldo+off+nk]
-				for j, v := range pg {
-					v *= cfg.AttnScale
-					if cfg.AttnSoftcap > 0 {
-						v = softcap(v, cfg.AttnSoftcap)
+				if c := cfg.AttnSoftcap; c > 0 {
+					for j, v := range pg {
+						pg[j] = softcap(v, c)
 					}
-					pg[j] = v
 				}
-				sums[g] = ks.expSum(pg, maxOf(pg))
+				sums[g] = ks.expSum(pg, ks.maxOf(pg))
 			}
 			// The group's heads share each value row's load.
 			o := out[h0*hd : (h0+group)*hd]

@@ -522,13 +522,18 @@ func (ks kernelSet) expSum(p []float32, m float32) float32 {
 	return s
 }
 
-// maxOf returns the largest element of v (-Inf if v is empty), as a loop in
-// order would: max is exact and NaN wins whatever the order, so four
-// independent chains do not change the result.
-func maxOf(v []float32) float32 {
+// maxOf returns the largest element of v (-Inf if v is empty). Without NaNs
+// it is a loop in order's result (max is exact, so chains and lanes change
+// nothing but a zero's sign); with the assembly a NaN may or may not win,
+// fixed by len(v).
+func (ks kernelSet) maxOf(v []float32) float32 {
 	inf := float32(math.Inf(-1))
 	m := [4]float32{inf, inf, inf, inf}
 	i := 0
+	if n := len(v) &^ 31; ks.asm && n > 0 {
+		m[0] = maxAVX(&v[0], n)
+		i = n
+	}
 	for ; i+4 <= len(v); i += 4 {
 		m[0], m[1], m[2], m[3] = max(m[0], v[i]), max(m[1], v[i+1]), max(m[2], v[i+2]), max(m[3], v[i+3])
 	}

@@ -1314,6 +1314,13 @@ func expSumAVX(p *float32, n int, m float32, lanes *[8]float32)
 //go:noescape
 func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
 
+// maxAVX returns the largest of p[:n], n a positive multiple of 32 (VMAXPS
+// in four chains; with NaNs or signed zeros the lane order decides, which
+// depends on n alone).
+//
+//go:noescape
+func maxAVX(p *float32, n int) float32
+
 // wsumAVX1 computes, for c < 8,
 //
 //	var acc float32

@@ -92,6 +92,7 @@ func main() {
 	sum(&s, &g)
 	siluMul(&s, &g)
 	loraB(&s, &g)
+	maxK(&s, &g)
 	for W := 1; W <= 8; W++ {
 		wsum(&s, &g, W)
 	}
@@ -757,6 +758,24 @@ func %s(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
 	}
 	fmt.Fprintf(s, "\tADDQ $%d, DI\n\tADDQ $%d, AX\n\tDECQ R13\n\tJNZ %s_block\n", blk, blk, name)
 	fmt.Fprintf(s, "\tVZEROUPPER\n\tRET\n")
+}
+
+// maxK writes maxAVX, the largest of n (a multiple of 32) floats with four
+// 8-lane VMAXPS chains.
+func maxK(s, g *bytes.Buffer) {
+	fmt.Fprintf(g, `// maxAVX returns the largest of p[:n], n a positive multiple of 32 (VMAXPS
+// in four chains; with NaNs or signed zeros the lane order decides, which
+// depends on n alone).
+//
+//go:noescape
+func maxAVX(p *float32, n int) float32
+
+`)
+	fmt.Fprintf(s, "\n// func maxAVX(p *float32, n int) float32\nTEXT ·maxAVX(SB), NOSPLIT, $0-20\n")
+	fmt.Fprintf(s, "\tMOVQ p+0(FP), SI\n\tMOVQ n+8(FP), CX\n\tSHRQ $5, CX\n")
+	fmt.Fprintf(s, "\tVMOVUPS (SI), Y0\n\tVMOVUPS 32(SI), Y1\n\tVMOVUPS 64(SI), Y2\n\tVMOVUPS 96(SI), Y3\n\tADDQ $128, SI\n\tDECQ CX\n\tJZ max_reduce\n")
+	fmt.Fprintf(s, "max_loop:\n\tVMAXPS (SI), Y0, Y0\n\tVMAXPS 32(SI), Y1, Y1\n\tVMAXPS 64(SI), Y2, Y2\n\tVMAXPS 96(SI), Y3, Y3\n\tADDQ $128, SI\n\tDECQ CX\n\tJNZ max_loop\n")
+	fmt.Fprintf(s, "max_reduce:\n\tVMAXPS Y1, Y0, Y0\n\tVMAXPS Y3, Y2, Y2\n\tVMAXPS Y2, Y0, Y0\n\tVEXTRACTF128 $1, Y0, X1\n\tVMAXPS X1, X0, X0\n\tVMOVHLPS X0, X0, X1\n\tVMAXPS X1, X0, X0\n\tVMOVSHDUP X0, X1\n\tVMAXSS X1, X0, X0\n\tVMOVSS X0, ret+16(FP)\n\tVZEROUPPER\n\tRET\n")
 }
 
 // maxWG and maxWW are the most heads and 16-column vectors of a wsumZ

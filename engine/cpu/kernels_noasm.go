@@ -87,3 +87,8 @@ func scoresZAsm(G, W int, q *float32, hd int, kt *float32, ldk int, o *float32, 
 func scoresYAsm(G int, q *float32, hd int, kt *float32, ldk int, o *float32, ldo, nb int) {
 	panic("cpu: no assembly kernels in this build")
 }
+
+// maxAVX is never called when haveAsm is false.
+func maxAVX(p *float32, n int) float32 {
+	panic("cpu: no assembly kernels in this build")
+}

@@ -513,7 +513,7 @@ func refcaseMaxAbsDiff(a, b []float32) float64 {
 // rounding of a float64 one; maxOf is the sequential maximum.
 func TestExpSum(t *testing.T) {
 	rng := rand.New(rand.NewPCG(15, 16))
-	for _, n := range []int{0, 1, 7, 8, 9, 15, 16, 17, 40, 1001} {
+	for _, n := range []int{0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 64, 97, 1001} {
 		x := make([]float32, n)
 		for i := range x {
 			x[i] = float32(rng.NormFloat64() * 8)
@@ -521,14 +521,24 @@ func TestExpSum(t *testing.T) {
 		if n > 2 {
 			x[1] = -200 // underflows to 0
 		}
-		m := maxOf(x)
 		seq := float32(math.Inf(-1))
 		for _, v := range x {
 			seq = max(seq, v)
 		}
-		if m != seq {
-			t.Fatalf("n %d: maxOf %g, sequential %g", n, m, seq)
+		for name, ks := range kernelSets(t) {
+			if m := ks.maxOf(x); m != seq {
+				t.Fatalf("%s n %d: maxOf %g, sequential %g", name, n, m, seq)
+			}
+			for p := range x { // the largest element in every lane and chain
+				v := x[p]
+				x[p] = 1e4
+				if m := ks.maxOf(x); m != 1e4 {
+					t.Fatalf("%s n %d: maxOf %g with 1e4 at %d", name, n, m, p)
+				}
+				x[p] = v
+			}
 		}
+		m := seq
 		var lanes [8]float32
 		want := make([]float32, n)
 		for i, v := range x {
@@ -556,7 +566,7 @@ func TestExpSum(t *testing.T) {
 			}
 		}
 	}
-	if v := maxOf([]float32{1, float32(math.NaN()), 3, 2, 5}); v == v {
+	if v := (kernelSet{}).maxOf([]float32{1, float32(math.NaN()), 3, 2, 5}); v == v {
 		t.Errorf("maxOf with a NaN = %g", v)
 	}
 }
