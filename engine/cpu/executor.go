@@ -133,11 +133,16 @@ func growKV(buf []float32, n, add, kv, limit int) []float32 {
 	if need <= cap(buf) {
 		return buf[:n]
 	}
-	c := max(cap(buf)+cap(buf)/2, minKVPositions*kv)
-	c = max(min(c, limit), need)
-	nb := make([]float32, n, c)
+	nb := make([]float32, n, kvRoom(cap(buf), need, minKVPositions*kv, limit))
 	copy(nb, buf[:n])
 	return nb
+}
+
+// kvRoom is the room a grown cache gets (in elements or positions, as its
+// arguments): half again what it had, at least least, at most limit unless
+// need asks for more.
+func kvRoom(had, need, least, limit int) int {
+	return max(min(max(had+had/2, least), limit), need)
 }
 
 // growKT returns the key-transposed cache buf (rows rows of len(buf)/rows
@@ -150,9 +155,7 @@ func growKT(buf []float32, n, add, rows, limit int) []float32 {
 	if need <= room {
 		return buf
 	}
-	c := max(room+room/2, minKVPositions)
-	c = max(min(c, limit), need)
-	c = (c + 15) &^ 15
+	c := (kvRoom(room, need, minKVPositions, limit) + 15) &^ 15
 	nb := make([]float32, rows*c)
 	for r := range rows {
 		copy(nb[r*c:r*c+n], buf[r*room:r*room+n])
