@@ -48,6 +48,8 @@ type Registry struct {
 	opts Options
 	log  *slog.Logger
 
+	names nameLocks // a name's store changes and reads, each with its update of records
+
 	mu       sync.Mutex
 	records  map[string]Record // the registry's view of the store
 	resident map[string]*entry
@@ -162,6 +164,7 @@ func (r *Registry) Put(ctx context.Context, name string, f Files, replace bool) 
 	if err != nil {
 		return Record{}, err
 	}
+	defer r.names.lock(name)()
 	if !replace {
 		r.mu.Lock()
 		_, had := r.records[name]
@@ -270,6 +273,7 @@ func (r *Registry) lookup(ctx context.Context, name string) (Record, error) {
 	if ValidateName(name) != nil {
 		return Record{}, notFound(name)
 	}
+	defer r.names.lock(name)()
 	rec, err := r.opts.Store.Get(ctx, name)
 	if err != nil {
 		return Record{}, err
@@ -365,6 +369,7 @@ func (r *Registry) runLoad(name string, call *loadCall) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	defer r.names.lock(name)()
 	start := time.Now()
 	rec, f, err := r.opts.Store.Load(ctx, name)
 	if errors.Is(err, ErrNotFound) {
@@ -416,6 +421,7 @@ func (r *Registry) Delete(ctx context.Context, name string) error {
 	if ValidateName(name) != nil {
 		return notFound(name)
 	}
+	defer r.names.lock(name)()
 	err := r.opts.Store.Delete(ctx, name)
 	r.mu.Lock()
 	r.gen++
@@ -546,5 +552,44 @@ func (r *Registry) apply(ctx context.Context, ev Event) {
 			}()
 		}
 		r.log.Info("adapter changed by another replica", "name", ev.Name, "version", rec.Version, "op", ev.Op)
+	}
+}
+
+// nameLocks serialises, per adapter name, the registry's store operations
+// with its updates of the records they lead to. Without it a Delete could
+// fall between a Put's (or a load's, or a lookup's) store write or read and
+// its record update, and the registry would list an adapter the store no
+// longer has.
+type nameLocks struct {
+	mu sync.Mutex
+	m  map[string]*nameLock
+}
+
+type nameLock struct {
+	mu   sync.Mutex
+	refs int // holders and waiters
+}
+
+// lock locks name and returns the function that unlocks it.
+func (l *nameLocks) lock(name string) (unlock func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[string]*nameLock{}
+	}
+	nl := l.m[name]
+	if nl == nil {
+		nl = &nameLock{}
+		l.m[name] = nl
+	}
+	nl.refs++
+	l.mu.Unlock()
+	nl.mu.Lock()
+	return func() {
+		nl.mu.Unlock()
+		l.mu.Lock()
+		if nl.refs--; nl.refs == 0 {
+			delete(l.m, name)
+		}
+		l.mu.Unlock()
 	}
 }
