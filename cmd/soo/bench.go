@@ -65,7 +65,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	shape := fs.String("shape", "smollm2-135m", "synthetic model shape: "+strings.Join(synth.Shapes(), ", "))
 	dir := fs.String("model", "", "benchmark this Hugging Face checkpoint directory instead of a synthetic model")
 	dtypeS := fs.String("dtype", "", "weight dtype: f32, bf16 or f16 (default f32 for synthetic models, the stored dtype for --model)")
-	bf16In := fs.String("bf16-inputs", "rounded", "rounded: products with bf16 weights read their inputs rounded to bf16 (AVX512_BF16 kernels where the CPU has them); exact: unrounded")
+	bf16Exact := bf16InputsFlag(fs)
 	batch := fs.Int("batch", 1, "concurrent sequences decoding in one step")
 	vocab := fs.Int("vocab", 0, "override the synthetic model's vocabulary size")
 	tokens := fs.Int("tokens", 32, "decode steps to time")
@@ -106,8 +106,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		}
 		mods = append(mods, m)
 	}
-	if *bf16In != "rounded" && *bf16In != "exact" {
-		return fmt.Errorf("--bf16-inputs %q: want rounded or exact", *bf16In)
+	exactBF16, err := bf16Exact()
+	if err != nil {
+		return err
 	}
 	var dt *model.DType
 	if *dtypeS != "" {
@@ -176,7 +177,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	for i := range *nAdapters {
 		ads = append(ads, synth.Adapter(m.Config, fmt.Sprintf("a%d", i), *loraRank, mods, uint64(i+1)))
 	}
-	r, err := bench(m, *backend, th, *batch, *tokens, int64(*bwMB)<<20, ads, *bf16In == "exact")
+	r, err := bench(m, *backend, th, *batch, *tokens, int64(*bwMB)<<20, ads, exactBF16)
 	if err != nil {
 		return err
 	}

@@ -79,6 +79,7 @@ func runOverlap(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "write a line plot of MSE by layer to this .svg or .png file")
 	asJSON := fs.Bool("json", false, "print the results as JSON instead of a table")
 	threads := fs.Int("threads", 0, "executor threads (0: GOMAXPROCS)")
+	bf16Exact := bf16InputsFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: soo overlap --model DIR [--adapter [NAME=]DIR ...] [--site attn_out] [--pooling mean] [--out plot.svg|png]\n\n"+
 			"Measures the latent self/other overlap (PAPER.md §7: the mean over the 52 probe pairs of the\n"+
@@ -111,6 +112,10 @@ func runOverlap(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("--out %s: want a .svg or .png file", *out)
 		}
 	}
+	exactBF16, err := bf16Exact()
+	if err != nil {
+		return err
+	}
 	if *tokDir == "" {
 		*tokDir = *modelDir
 	}
@@ -123,7 +128,7 @@ func runOverlap(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("load model: %w", err)
 	}
 	defer m.Close()
-	ex := cpu.New(m, cpu.Options{Threads: *threads})
+	ex := cpu.New(m, cpu.Options{Threads: *threads, ExactBF16Inputs: exactBF16})
 	pairs, err := overlap.EncodePairs(tok, overlap.ProbePairs())
 	if err != nil {
 		return err

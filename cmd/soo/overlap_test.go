@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,6 +78,7 @@ func TestOverlapErrors(t *testing.T) {
 		{[]string{"overlap", "--model", model, "--site", "attn"}, "unknown site"},
 		{[]string{"overlap", "--model", model, "--pooling", "max"}, "unknown pooling"},
 		{[]string{"overlap", "--model", model, "--out", "x.pdf"}, "want a .svg or .png"},
+		{[]string{"overlap", "--model", model, "--bf16-inputs", "fast"}, "want rounded or exact"},
 		{[]string{"overlap", "--model", model}, "give --tokenizer DIR"},
 		{[]string{"overlap", "--model", model, "--tokenizer", tok, "--adapter", "base=x"}, `"base"`},
 		{[]string{"overlap", "--model", model, "--tokenizer", tok, "--adapter", td("adapters", "tiny-qwen2-lora")}, "load adapter tiny-qwen2-lora"},
@@ -85,5 +87,27 @@ func TestOverlapErrors(t *testing.T) {
 		if code := run(tc.args, &out, &errb); code == 0 || !strings.Contains(errb.String(), tc.msg) {
 			t.Errorf("%v: exit %d, stderr %q; want %q", tc.args, code, errb.String(), tc.msg)
 		}
+	}
+}
+
+// TestOverlapBF16Inputs checks that --bf16-inputs reaches the executor: on a
+// bf16 model, rounded and exact inputs give close but different overlaps.
+func TestOverlapBF16Inputs(t *testing.T) {
+	mean := func(mode string) float64 {
+		var out, errb bytes.Buffer
+		args := []string{"overlap", "--model", td("models", "tiny-llama-bf16"), "--tokenizer", td("overlap", "tokenizer"),
+			"--json", "--bf16-inputs", mode}
+		if code := run(args, &out, &errb); code != 0 {
+			t.Fatalf("%s: exit %d: %s", mode, code, errb.String())
+		}
+		var runs []struct{ Result struct{ Mean float64 } }
+		if err := json.Unmarshal(out.Bytes(), &runs); err != nil || len(runs) != 1 {
+			t.Fatalf("%s: %v: %s", mode, err, out.String())
+		}
+		return runs[0].Result.Mean
+	}
+	rounded, exact := mean("rounded"), mean("exact")
+	if rounded <= 0 || exact <= 0 || rounded == exact || math.Abs(rounded-exact) > 0.05*exact {
+		t.Errorf("mean overlap MSE: rounded %g, exact %g; want both positive, different and within 5%%", rounded, exact)
 	}
 }

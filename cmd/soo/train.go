@@ -43,6 +43,7 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 	seed := fs.Uint64("seed", 0, "seed for initialisation, shuffling and dropout")
 	useChat := fs.Bool("chat", false, "tokenize pairs through the chat template (user turn + generation prompt) instead of raw")
 	threads := fs.Int("threads", 0, "threads (0: all cores)")
+	bf16Exact := bf16InputsFlag(fs)
 	ckpt := fs.String("checkpoint", "", "checkpoint directory (default OUT/.checkpoint)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -50,6 +51,10 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 	if *modelDir == "" || *out == "" {
 		fs.Usage()
 		return fmt.Errorf("--model and --out are required")
+	}
+	exactBF16, err := bf16Exact()
+	if err != nil {
+		return err
 	}
 	m, err := model.Load(*modelDir, model.LoadOptions{})
 	if err != nil {
@@ -90,7 +95,7 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	ex := cpu.New(m, cpu.Options{Threads: *threads})
+	ex := cpu.New(m, cpu.Options{Threads: *threads, ExactBF16Inputs: exactBF16})
 	spec := training.Spec{Layer: *layer, Site: *site, Pooling: training.Pooling(*pooling), Rank: *r, Alpha: *alpha,
 		Dropout: *dropout, Targets: strings.Split(*targets, ","), LR: *lr, Epochs: *epochs, BatchSize: *batch, Seed: *seed}
 	if spec.Layer < 0 {

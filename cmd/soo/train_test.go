@@ -53,4 +53,9 @@ func TestTrainCommand(t *testing.T) {
 	if code := run([]string{"train", "--model", mdir, "--out", out, "--pooling", "max"}, &stdout, &stderr); code == 0 {
 		t.Error("bad pooling accepted")
 	}
+	stderr.Reset()
+	if code := run([]string{"train", "--model", mdir, "--out", out, "--bf16-inputs", "fast"}, &stdout, &stderr); code == 0 ||
+		!strings.Contains(stderr.String(), "want rounded or exact") {
+		t.Errorf("bad --bf16-inputs: exit %d, %q", code, stderr.String())
+	}
 }
