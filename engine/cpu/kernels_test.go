@@ -647,3 +647,62 @@ func TestScoresKT(t *testing.T) {
 		}
 	}
 }
+
+// TestBF16DotSubnormalWeights pins down what VDPBF16PS does with subnormal
+// bf16 weights: it reads them as zero (inputs never are subnormal: toBF16
+// flushes them). The widening kernels (AVX-512 and AVX2 over f32 inputs, and
+// pure Go) multiply them as they are. Each subnormal weight w moves a sum by
+// |w·x| < 1.2e-38·|x|: row 0, all subnormal, against inputs near 1e30 sums
+// to about 1e-9 on the widening kernels and to exactly 0 on VDPBF16PS.
+func TestBF16DotSubnormalWeights(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	const rows, in, n = 6, 96, 3
+	w := randMatrix(rng, model.BF16, rows, in)
+	flushed := slices.Clone(w.U16)
+	for i := range w.U16 {
+		if i < in || i%3 == 0 { // row 0 and a third of the rest: subnormal, either sign
+			w.U16[i] = uint16(1+rng.IntN(0x7f)) | uint16(rng.IntN(2))<<15
+			flushed[i] = 0
+		}
+	}
+	x := randVec(rng, n*in)
+	xb := make([]uint16, len(x))
+	for i := range x {
+		x[i] *= 1e30
+		xb[i] = toBF16(x[i])
+	}
+	f := func(b uint16) float64 { return float64(math.Float32frombits(uint32(b) << 16)) }
+	run := func(ks kernelSet) []float32 {
+		out := make([]float32, n*rows)
+		ks.gemm(matrixView(w), nil, x, in, n, in, out, rows, 0, rows, nil)
+		return out
+	}
+	// The widening kernel sets convert the weights to f32 and multiply.
+	for _, ks := range []kernelSet{{}, {asm: haveAsm}, {asm: haveAsm, avx512: haveAVX512}} {
+		widened := run(ks)
+		for tt := range n {
+			for r := range rows {
+				var ref, mag float64
+				for i := range in {
+					p := f(w.U16[r*in+i]) * f(xb[tt*in+i])
+					ref, mag = ref+p, mag+math.Abs(p)
+				}
+				if g := float64(widened[tt*rows+r]); math.Abs(g-ref) > 1e-6*mag || r == 0 && g == 0 {
+					t.Errorf("%+v: out[%d, %d] = %g, want %g (subnormal weights multiplied)", ks, tt, r, g, ref)
+				}
+			}
+		}
+	}
+	if !haveBF16Dot {
+		t.Skip("no AVX512_BF16 on this machine")
+	}
+	got := run(kernelSet{asm: true, avx512: true, bf16dot: true})
+	for tt := range n {
+		for r := range rows {
+			want := dotBF16Go(flushed[r*in:], xb[tt*in:], in)
+			if g := got[tt*rows+r]; math.Float32bits(g) != math.Float32bits(want) || r == 0 && g != 0 {
+				t.Errorf("VDPBF16PS out[%d, %d] = %g, want %g (the sum with subnormal weights read as zero)", tt, r, g, want)
+			}
+		}
+	}
+}
