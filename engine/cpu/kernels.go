@@ -504,8 +504,12 @@ func (ks kernelSet) expSum(p []float32, m float32) float32 {
 	var lanes [8]float32
 	n8 := len(p) &^ 7
 	i := 0
-	if ks.asm && n8 > 0 {
-		expSumAVX(&p[0], n8, m, &lanes)
+	if n16 := len(p) &^ 15; ks.avx512 && n16 > 0 {
+		expSumZAVX(&p[0], n16, m, &lanes)
+		i = n16
+	}
+	if ks.asm && n8 > i {
+		expSumAVX(&p[i], n8-i, m, &lanes)
 		i = n8
 	}
 	for ; i < n8; i++ {

@@ -1307,6 +1307,12 @@ func siluMulAVX(gp, up *float32, n int)
 //go:noescape
 func expSumAVX(p *float32, n int, m float32, lanes *[8]float32)
 
+// expSumZAVX is expSumAVX for i < n&^15 on AVX-512: the same bits, the
+// same lane sums.
+//
+//go:noescape
+func expSumZAVX(p *float32, n int, m float32, lanes *[8]float32)
+
 // loraBAVX adds scale·(B[o]·u) to out[o] for the first 8*n8 rows o of B
 // (row-major, r elements a row, r a multiple of 8), each dot product summed
 // as loraBGo sums it.

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"go/format"
 	"os"
+	"strings"
 )
 
 type dtype struct {
@@ -1004,6 +1005,7 @@ func expSumAVX(p *float32, n int, m float32, lanes *[8]float32)
 	}
 	fmt.Fprintf(s, "\tVMOVUPS Y6, (DI)\n\tVADDPS Y6, Y13, Y13\n\tADDQ $32, DI\n\tDECQ CX\n\tJNZ expsum_loop\n")
 	fmt.Fprintf(s, "expsum_done:\n\tVMOVUPS Y13, (AX)\n\tVZEROUPPER\n\tRET\n")
+	expSumZ(s, g, expLines, c)
 	fmt.Fprintf(s, "\n// func siluMulAVX(gp, up *float32, n int)\nTEXT ·siluMulAVX(SB), NOSPLIT, $0-24\n")
 	fmt.Fprintf(s, "\tMOVQ gp+0(FP), DI\n\tMOVQ up+8(FP), SI\n\tMOVQ n+16(FP), CX\n\tSHRQ $3, CX\n\tJZ silu_done\n")
 	fmt.Fprintf(s, "\tVMOVUPS %s, Y10\n\tVMOVUPS %s, Y11\n\tVMOVUPS %s, Y12\n\tVPXOR Y13, Y13, Y13\n", c("inf"), c("magic"), c("one"))
@@ -1025,4 +1027,64 @@ func expSumAVX(p *float32, n int, m float32, lanes *[8]float32)
 		fmt.Fprintf(s, "\t%s\n", l)
 	}
 	fmt.Fprintf(s, "\tVZEROUPPER\nsilu_done:\n\tRET\n")
+}
+
+// expSumZ writes expSumZAVX, expSumAVX on 16 lanes: expLines' operations on
+// Z registers (the constants broadcast into Z16-Z29, the two blends done by
+// mask registers), each 16 results added to the 8 lanes low half then high
+// half, so lane i%8 still receives p[i] in order.
+func expSumZ(s, g *bytes.Buffer, expLines []string, c func(string) string) {
+	fmt.Fprintf(g, `// expSumZAVX is expSumAVX for i < n&^15 on AVX-512: the same bits, the
+// same lane sums.
+//
+//go:noescape
+func expSumZAVX(p *float32, n int, m float32, lanes *[8]float32)
+
+`)
+	// Each constant expLines reads from memory gets a register, from Z16.
+	zreg := map[string]string{} // memory operand -> Z register
+	var loads []string
+	z := strings.NewReplacer("Y", "Z")
+	var body []string
+	for _, l := range expLines {
+		op, args, _ := strings.Cut(l, " ")
+		parts := strings.Split(args, ", ")
+		for i, a := range parts {
+			if !strings.HasPrefix(a, "siluc<>") {
+				parts[i] = z.Replace(a)
+				continue
+			}
+			if zreg[a] == "" {
+				zreg[a] = fmt.Sprintf("Z%d", 16+len(loads))
+				loads = append(loads, fmt.Sprintf("VBROADCASTSS %s, %s", a, zreg[a]))
+			}
+			parts[i] = zreg[a]
+		}
+		switch op {
+		case "VMOVUPS": // a constant into a register: now a register copy
+			body = append(body, "VMOVAPS "+strings.Join(parts, ", "))
+		case "VCMPPS":
+			if parts[0] == "$0x1e" { // y > 88: +Inf, by merge-masking
+				body = append(body, "VCMPPS $0x1e, "+parts[1]+", Z1, K1", "VMOVAPS Z10, K1, Z6")
+			} else { // !(y >= -87.3): 0, by zero-masking the lanes where y >= -87.3 (ordered)
+				body = append(body, "VCMPPS $0x1d, "+parts[1]+", Z1, K2", "VMOVAPS.Z Z6, K2, Z6")
+			}
+		case "VBLENDVPS", "VANDNPS": // done by the masks above
+		default:
+			body = append(body, op+" "+strings.Join(parts, ", "))
+		}
+	}
+	fmt.Fprintf(s, "\n// func expSumZAVX(p *float32, n int, m float32, lanes *[8]float32)\nTEXT ·expSumZAVX(SB), NOSPLIT, $0-32\n")
+	fmt.Fprintf(s, "\tMOVQ p+0(FP), DI\n\tMOVQ n+8(FP), CX\n\tMOVQ lanes+24(FP), AX\n\tVMOVUPS (AX), Y13\n\tSHRQ $4, CX\n\tJZ expsumz_done\n")
+	fmt.Fprintf(s, "\tVBROADCASTSS m+16(FP), Z14\n\tVBROADCASTSS %s, Z10\n\tVBROADCASTSS %s, Z11\n\tVBROADCASTSS %s, Z12\n", c("inf"), c("magic"), c("one"))
+	for _, l := range loads {
+		fmt.Fprintf(s, "\t%s\n", l)
+	}
+	fmt.Fprintf(s, "expsumz_loop:\n\tVMOVUPS (DI), Z1\n\tVSUBPS Z14, Z1, Z1\n")
+	for _, l := range body {
+		fmt.Fprintf(s, "\t%s\n", l)
+	}
+	fmt.Fprintf(s, "\tVMOVUPS Z6, (DI)\n\tVEXTRACTF64X4 $1, Z6, Y7\n\tVADDPS Y6, Y13, Y13\n\tVADDPS Y7, Y13, Y13\n")
+	fmt.Fprintf(s, "\tADDQ $64, DI\n\tDECQ CX\n\tJNZ expsumz_loop\n")
+	fmt.Fprintf(s, "expsumz_done:\n\tVMOVUPS Y13, (AX)\n\tVZEROUPPER\n\tRET\n")
 }

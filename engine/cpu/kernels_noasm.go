@@ -73,6 +73,11 @@ func expSumAVX(p *float32, n int, m float32, lanes *[8]float32) {
 	panic("cpu: no assembly kernels in this build")
 }
 
+// expSumZAVX is never called when haveAVX512 is false.
+func expSumZAVX(p *float32, n int, m float32, lanes *[8]float32) {
+	panic("cpu: no assembly kernels in this build")
+}
+
 // wsumZAsm is never called when haveAVX512 is false.
 func wsumZAsm(G, W int, p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int) {
 	panic("cpu: no assembly kernels in this build")
