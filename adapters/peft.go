@@ -233,6 +233,9 @@ func (p *plan) bind(alias bool) (*lora.Adapter, error) {
 	if err := a.Validate(base); err != nil {
 		return nil, typed(ErrInvalid, err, "adapters: adapter %q does not fit the base model", p.name)
 	}
+	// An adapter stored in bf16 keeps bf16 copies (the same values), which
+	// the cpu executor streams: half the bytes a decode step reads for it.
+	a.CompactBF16()
 	return a, nil
 }
 

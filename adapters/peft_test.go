@@ -9,6 +9,7 @@ import (
 
 	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/engine/model"
+	"github.com/sooserve/sooserve/engine/safetensors"
 	"github.com/sooserve/sooserve/internal/refcase"
 )
 
@@ -39,7 +40,75 @@ func TestWriteReadRoundTrip(t *testing.T) {
 			if (p == nil) != (q == nil) || p != nil && (!slices.Equal(p.A, q.A) || !slices.Equal(p.B, q.B) || p.Scale != q.Scale) {
 				t.Fatalf("layer %d module %d differs after round trip", l, m)
 			}
+			if q != nil && (q.A16 != nil || q.B16 != nil) {
+				t.Fatalf("layer %d module %d: float32 values that are not bf16 got bf16 copies", l, m)
+			}
 		}
+	}
+}
+
+// TestBF16AdapterKeepsBF16 loads an adapter stored in bf16: every pair keeps
+// bf16 copies of its values (what the cpu executor streams), equal to the
+// float32 values it also holds.
+func TestBF16AdapterKeepsBF16(t *testing.T) {
+	td, _ := refcase.TestData()
+	src := filepath.Join(td, "adapters/tiny-llama-lora-qv")
+	cfg, err := model.LoadConfig(filepath.Join(td, "models/tiny-llama"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := adapters.LoadDir("x", src, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var ts []safetensors.Tensor
+	for _, ten := range adapters.Tensors(a) {
+		v, err := ten.Float32()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, safetensors.FromFloat32(ten.Name, safetensors.BF16, ten.Shape, v))
+	}
+	if err := safetensors.WriteFile(filepath.Join(dir, adapters.WeightsFile), ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := os.ReadFile(filepath.Join(src, adapters.ConfigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, adapters.ConfigFile), conf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := adapters.LoadDir("y", dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs := 0
+	for l := range b.Layers {
+		for m, q := range b.Layers[l] {
+			if q == nil {
+				continue
+			}
+			pairs++
+			p := a.Layers[l][m]
+			for _, c := range []struct {
+				f, orig []float32
+				h       []uint16
+			}{{q.A, p.A, q.A16}, {q.B, p.B, q.B16}} {
+				if len(c.h) != len(c.f) {
+					t.Fatalf("layer %d module %d: %d bf16 values for %d", l, m, len(c.h), len(c.f))
+				}
+				for i, v := range c.f {
+					if c.h[i] != safetensors.F32ToBF16(c.orig[i]) || safetensors.BF16ToF32(c.h[i]) != v {
+						t.Fatalf("layer %d module %d value %d: bf16 %#04x, float32 %g, stored from %g", l, m, i, c.h[i], v, c.orig[i])
+					}
+				}
+			}
+		}
+	}
+	if pairs == 0 {
+		t.Fatal("no pairs")
 	}
 }
 

@@ -51,6 +51,7 @@ type benchResult struct {
 	Adapters               int       `json:"adapters,omitempty"`
 	LoRARank               int       `json:"lora_rank,omitempty"`
 	LoRAModules            []string  `json:"lora_modules,omitempty"`
+	LoRADType              string    `json:"lora_dtype,omitempty"`
 	LoRABaseStepMS         float64   `json:"lora_base_step_ms,omitempty"`
 	LoRAStepMS             float64   `json:"lora_step_ms,omitempty"`
 	LoRAOverhead           float64   `json:"lora_overhead,omitempty"`
@@ -77,6 +78,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	nAdapters := fs.Int("adapters", 0, "also time decode with the batch's rows spread over this many random LoRA adapters (row i uses adapter i mod N), against the base in the same run")
 	loraRank := fs.Int("lora-rank", 16, "rank of the --adapters adapters")
 	loraMods := fs.String("lora-modules", "q_proj,v_proj", "comma-separated modules of the --adapters adapters")
+	loraDType := fs.String("lora-dtype", "f32", "how the --adapters adapters are stored: f32, or bf16 (values rounded to bf16 and streamed as bf16, as an adapter loaded from a bf16 file is)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the timed runs to this file (for go tool pprof)")
 	save := fs.String("save", "", "write the synthetic model (with the demo tokenizer) as a Hugging Face directory here and exit, e.g. for `serve --model DIR` and `soo load`")
 	fs.Usage = func() {
@@ -94,6 +96,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	if *batch < 1 || *tokens < 1 {
 		return fmt.Errorf("--batch and --tokens must be positive")
+	}
+	if *loraDType != "f32" && *loraDType != "bf16" {
+		return fmt.Errorf("--lora-dtype %q: want f32 or bf16", *loraDType)
 	}
 	if *nAdapters < 0 || *loraRank < 1 {
 		return fmt.Errorf("--adapters must be ≥ 0 and --lora-rank positive")
@@ -175,13 +180,20 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	var ads []*lora.Adapter
 	for i := range *nAdapters {
-		ads = append(ads, synth.Adapter(m.Config, fmt.Sprintf("a%d", i), *loraRank, mods, uint64(i+1)))
+		a := synth.Adapter(m.Config, fmt.Sprintf("a%d", i), *loraRank, mods, uint64(i+1))
+		if *loraDType == "bf16" {
+			synth.RoundBF16(a)
+		}
+		ads = append(ads, a)
 	}
 	r, err := bench(m, *backend, th, *batch, *tokens, int64(*bwMB)<<20, ads, exactBF16)
 	if err != nil {
 		return err
 	}
 	r.Model = name
+	if len(ads) > 0 {
+		r.LoRADType = *loraDType
+	}
 	if *asJSON {
 		b, _ := json.Marshal(r)
 		fmt.Fprintln(stdout, string(b))
@@ -195,8 +207,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "           single sequence %.1f tokens/s: batch speedup %.2fx\n", r.SingleDecodeTokensPerS, r.BatchSpeedup)
 	}
 	if r.Adapters > 0 {
-		fmt.Fprintf(stdout, "lora       %d adapters (rank %d on %s) across the batch: %.2f ms per step vs %.2f on the base: %+.1f%%\n",
-			r.Adapters, r.LoRARank, strings.Join(r.LoRAModules, ","), r.LoRAStepMS, r.LoRABaseStepMS, 100*r.LoRAOverhead)
+		fmt.Fprintf(stdout, "lora       %d %s adapters (rank %d on %s) across the batch: %.2f ms per step vs %.2f on the base: %+.1f%%\n",
+			r.Adapters, r.LoRADType, r.LoRARank, strings.Join(r.LoRAModules, ","), r.LoRAStepMS, r.LoRABaseStepMS, 100*r.LoRAOverhead)
 	}
 	if r.BoundTokensPerS == 0 {
 		return nil

@@ -32,24 +32,28 @@ func TestBenchTinyJSON(t *testing.T) {
 
 func TestBenchAdapters(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run([]string{"bench", "--shape", "tiny", "--batch", "4", "--adapters", "2", "--lora-rank", "4",
-		"--lora-modules", "q_proj,down_proj", "--tokens", "1", "--json", "--bw-mb", "4"}, &out, &errb); code != 0 {
-		t.Fatalf("exit %d: %s", code, errb.String())
+	for _, dt := range []string{"f32", "bf16"} {
+		out.Reset()
+		if code := run([]string{"bench", "--shape", "tiny", "--batch", "4", "--adapters", "2", "--lora-rank", "4",
+			"--lora-modules", "q_proj,down_proj", "--lora-dtype", dt, "--tokens", "1", "--json", "--bw-mb", "4"}, &out, &errb); code != 0 {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+		var r struct {
+			Adapters int      `json:"adapters"`
+			Rank     int      `json:"lora_rank"`
+			Modules  []string `json:"lora_modules"`
+			DType    string   `json:"lora_dtype"`
+			Base     float64  `json:"lora_base_step_ms"`
+			LoRAStep float64  `json:"lora_step_ms"`
+		}
+		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+			t.Fatalf("%v: %q", err, out.String())
+		}
+		if r.Adapters != 2 || r.Rank != 4 || strings.Join(r.Modules, ",") != "q_proj,down_proj" || r.DType != dt || r.Base <= 0 || r.LoRAStep <= 0 {
+			t.Errorf("lora fields: %+v in %s", r, out.String())
+		}
 	}
-	var r struct {
-		Adapters int      `json:"adapters"`
-		Rank     int      `json:"lora_rank"`
-		Modules  []string `json:"lora_modules"`
-		Base     float64  `json:"lora_base_step_ms"`
-		LoRAStep float64  `json:"lora_step_ms"`
-	}
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		t.Fatalf("%v: %q", err, out.String())
-	}
-	if r.Adapters != 2 || r.Rank != 4 || strings.Join(r.Modules, ",") != "q_proj,down_proj" || r.Base <= 0 || r.LoRAStep <= 0 {
-		t.Errorf("lora fields: %+v in %s", r, out.String())
-	}
-	for _, args := range [][]string{{"bench", "--adapters", "1", "--lora-modules", "x_proj"}, {"bench", "--lora-rank", "0"}, {"bench", "--bf16-inputs", "fast"}} {
+	for _, args := range [][]string{{"bench", "--adapters", "1", "--lora-modules", "x_proj"}, {"bench", "--lora-rank", "0"}, {"bench", "--bf16-inputs", "fast"}, {"bench", "--lora-dtype", "f16"}} {
 		if code := run(args, &out, &errb); code == 0 {
 			t.Errorf("%v: exit 0", args)
 		}

@@ -796,6 +796,28 @@ func (ks kernelSet) addLoRAB(b []float32, r int, u, out []float32, scale float32
 	loraBGo(b[done*r:], r, u, out[done:], scale)
 }
 
+// addLoRAB16 is addLoRAB over a bf16 B (bit patterns): the same sums of
+// the widened values, bit for bit.
+func (ks kernelSet) addLoRAB16(b []uint16, r int, u, out []float32, scale float32) {
+	done := 0
+	if n8 := len(out) / 8; ks.asm && r > 0 && r%8 == 0 && n8 > 0 {
+		_ = b[n8*8*r-1]
+		_ = u[r-1]
+		loraB16AVX(&b[0], r, &u[0], &out[0], n8, scale)
+		done = 8 * n8
+	}
+	if done == len(out) {
+		return
+	}
+	row := make([]float32, r)
+	for o := done; o < len(out); o++ {
+		for i, v := range b[o*r : (o+1)*r] {
+			row[i] = math.Float32frombits(uint32(v) << 16)
+		}
+		loraBGo(row, r, u, out[o:o+1], scale)
+	}
+}
+
 // loraBGo adds scale·(B[o]·u) to out[o]: lane j of eight sums the products
 // of elements j, j+8, ... in order, the lanes add as ((0+1)+(2+3)) +
 // ((4+5)+(6+7)), and elements past the last multiple of 8 follow one by one.

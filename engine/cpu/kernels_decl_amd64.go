@@ -1320,6 +1320,12 @@ func expSumZAVX(p *float32, n int, m float32, lanes *[8]float32)
 //go:noescape
 func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
 
+// loraB16AVX is loraBAVX over a bf16 B (bit patterns, row-major): the same
+// sums of the widened values.
+//
+//go:noescape
+func loraB16AVX(b *uint16, r int, u *float32, out *float32, n8 int, scale float32)
+
 // maxAVX returns the largest of p[:n], n a positive multiple of 32 (VMAXPS
 // in four chains; with NaNs or signed zeros the lane order decides, which
 // depends on n alone).

@@ -866,27 +866,39 @@ func bf16Consts(s *bytes.Buffer) {
 // r (a multiple of 8) elements, eight at a time, out[o] += scale·(B[o]·u),
 // each dot product as loraBGo sums it. Its short rows made the tile kernels
 // spend most of their time reducing accumulators; here eight rows share one
-// transposing reduction.
+// transposing reduction. loraB16AVX is the same over a bf16 B, each row's
+// eight elements widened to float32 (exactly) before the same operations.
 func loraB(s, g *bytes.Buffer) {
-	fmt.Fprintf(g, `// loraBAVX adds scale·(B[o]·u) to out[o] for the first 8*n8 rows o of B
-// (row-major, r elements a row, r a multiple of 8), each dot product summed
-// as loraBGo sums it.
+	for _, bf16 := range []bool{false, true} {
+		name, btyp, esize, shift := "loraBAVX", "float32", 4, 2
+		if bf16 {
+			name, btyp, esize, shift = "loraB16AVX", "uint16", 2, 1
+		}
+		doc := "adds scale·(B[o]·u) to out[o] for the first 8*n8 rows o of B\n// (row-major, r elements a row, r a multiple of 8), each dot product summed\n// as loraBGo sums it."
+		if bf16 {
+			doc = "is loraBAVX over a bf16 B (bit patterns, row-major): the same\n// sums of the widened values."
+		}
+		fmt.Fprintf(g, `// %s %s
 //
 //go:noescape
-func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
+func %s(b *%s, r int, u *float32, out *float32, n8 int, scale float32)
 
-`)
-	// The eight rows of a block: SI/AX + r*R9 (R13 = 3*R9, R11 = AX + R13).
-	rows := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(AX)(R13*1)", "(AX)(R9*4)", "(R11)(R9*2)", "(R11)(R13*1)", "(R11)(R9*4)"}
-	products := func(op string) {
-		fmt.Fprintf(s, "\tVMOVUPS (BX), Y8\n")
-		for r, a := range rows {
-			fmt.Fprintf(s, "\t%s %s, Y8, Y%d\n", op, a, r)
+`, name, doc, name, btyp)
+		// The eight rows of a block: SI/AX + r*R9 (R13 = 3*R9, R11 = AX + R13).
+		rows := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(AX)(R13*1)", "(AX)(R9*4)", "(R11)(R9*2)", "(R11)(R13*1)", "(R11)(R9*4)"}
+		products := func(op string) {
+			fmt.Fprintf(s, "\tVMOVUPS (BX), Y8\n")
+			for r, a := range rows {
+				if bf16 {
+					fmt.Fprintf(s, "\tVPMOVZXWD %s, Y9\n\tVPSLLD $16, Y9, Y9\n\t%s Y9, Y8, Y%d\n", a, op, r)
+				} else {
+					fmt.Fprintf(s, "\t%s %s, Y8, Y%d\n", op, a, r)
+				}
+			}
 		}
-	}
-	fmt.Fprintf(s, `
-// func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32)
-TEXT ·loraBAVX(SB), NOSPLIT, $0-44
+		fmt.Fprintf(s, `
+// func %[1]s(b *%[2]s, r int, u *float32, out *float32, n8 int, scale float32)
+TEXT ·%[1]s(SB), NOSPLIT, $0-44
 	MOVQ b+0(FP), SI
 	MOVQ r+8(FP), R8
 	MOVQ u+16(FP), DI
@@ -894,22 +906,22 @@ TEXT ·loraBAVX(SB), NOSPLIT, $0-44
 	MOVQ n8+32(FP), CX
 	VBROADCASTSS scale+40(FP), Y15
 	MOVQ R8, R9
-	SHLQ $2, R9
+	SHLQ $%[3]d, R9
 	LEAQ (R9)(R9*2), R13
 	SHRQ $3, R8
 	TESTQ CX, CX
-	JZ loraB_done
-loraB_block:
+	JZ %[1]s_done
+%[1]s_block:
 	MOVQ SI, AX
 	LEAQ (SI)(R13*1), R11
 	MOVQ DI, BX
-`)
-	products("VMULPS")
-	fmt.Fprintf(s, "\tMOVQ R8, R10\n\tDECQ R10\n\tJZ loraB_reduce\nloraB_chunk:\n\tADDQ $32, AX\n\tADDQ $32, R11\n\tADDQ $32, BX\n")
-	products("VFMADD231PS")
-	fmt.Fprintf(s, `	DECQ R10
-	JNZ loraB_chunk
-loraB_reduce:
+`, name, btyp, shift)
+		products("VMULPS")
+		fmt.Fprintf(s, "\tMOVQ R8, R10\n\tDECQ R10\n\tJZ %[1]s_reduce\n%[1]s_chunk:\n\tADDQ $%[2]d, AX\n\tADDQ $%[2]d, R11\n\tADDQ $32, BX\n", name, 8*esize)
+		products("VFMADD231PS")
+		fmt.Fprintf(s, `	DECQ R10
+	JNZ %[1]s_chunk
+%[1]s_reduce:
 	VHADDPS Y1, Y0, Y0
 	VHADDPS Y3, Y2, Y2
 	VHADDPS Y5, Y4, Y4
@@ -925,11 +937,12 @@ loraB_reduce:
 	LEAQ (SI)(R9*8), SI
 	ADDQ $32, DX
 	DECQ CX
-	JNZ loraB_block
-loraB_done:
+	JNZ %[1]s_block
+%[1]s_done:
 	VZEROUPPER
 	RET
-`)
+`, name)
+	}
 }
 
 // siluMul writes siluMulAVX, eight lanes of g[i] = silu(g[i])·u[i] with the

@@ -68,6 +68,11 @@ func loraBAVX(b *float32, r int, u *float32, out *float32, n8 int, scale float32
 	panic("cpu: no assembly kernels in this build")
 }
 
+// loraB16AVX is never called when haveAsm is false.
+func loraB16AVX(b *uint16, r int, u *float32, out *float32, n8 int, scale float32) {
+	panic("cpu: no assembly kernels in this build")
+}
+
 // expSumAVX is never called when haveAsm is false.
 func expSumAVX(p *float32, n int, m float32, lanes *[8]float32) {
 	panic("cpu: no assembly kernels in this build")

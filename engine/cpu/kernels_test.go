@@ -313,6 +313,18 @@ func TestLoRAB(t *testing.T) {
 						t.Fatalf("%s r=%d rows=%d: out[%d] = %g, pure Go %g", name, r, rows, o, out[o], goOut[o])
 					}
 				}
+				// A bf16 B: the same sums as over its values in float32, bit for bit.
+				b16 := make([]uint16, len(b))
+				for i, v := range b {
+					b16[i] = toBF16(v)
+					b[i] = math.Float32frombits(uint32(b16[i]) << 16)
+				}
+				want32, got16 := slices.Clone(base), slices.Clone(base)
+				ks.addLoRAB(b, r, u, want32, 0.5)
+				ks.addLoRAB16(b16, r, u, got16, 0.5)
+				if !slices.Equal(got16, want32) {
+					t.Fatalf("%s r=%d rows=%d: addLoRAB16 %v, addLoRAB over the same values %v", name, r, rows, got16, want32)
+				}
 			}
 		}
 	}

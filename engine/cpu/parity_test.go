@@ -3,6 +3,8 @@ package cpu_test
 import (
 	"context"
 	"fmt"
+	"github.com/sooserve/sooserve/engine/safetensors"
+	"math"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -144,9 +146,10 @@ func mixedBatchEqualsAlone(t *testing.T, td string, base refcase.Case) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	a3 := bf16Copy(t, td, cfg, true) // a1 rounded to bf16 and streamed as bf16
 	ctx := context.Background()
-	prompts := [][]int32{{5, 9, 33, 200}, {7, 7, 7, 100, 101, 102, 103}, {250}, {12, 13, 14}}
-	ads := []*lora.Adapter{a1, nil, a2, a1}
+	prompts := [][]int32{{5, 9, 33, 200}, {7, 7, 7, 100, 101, 102, 103}, {250}, {12, 13, 14}, {40, 41}}
+	ads := []*lora.Adapter{a1, nil, a2, a1, a3}
 	cap := &engine.Capture{Points: []engine.Point{{Layer: 1, Site: engine.AttnOut}, {Layer: 2, Site: engine.ResidPost}}}
 	// Reference: each row alone; prefill then two decode steps.
 	type result struct{ logits, act [][]float32 }
@@ -156,7 +159,7 @@ func mixedBatchEqualsAlone(t *testing.T, td string, base refcase.Case) {
 		for i := range seqs {
 			seqs[i] = ex.NewSequence()
 		}
-		steps := [][][]int32{prompts, {{1}, {2}, {3}, {4}}, {{9}, {8}, {7}, {6}}}
+		steps := [][][]int32{prompts, {{1}, {2}, {3}, {4}, {5}}, {{9}, {8}, {7}, {6}, {5}}}
 		for _, toks := range steps {
 			rows := make([]engine.Row, len(prompts))
 			for i := range rows {
@@ -201,5 +204,77 @@ func mixedBatchEqualsAlone(t *testing.T, td string, base refcase.Case) {
 	// The adapters matter: row 0 with and without its adapter differ.
 	if slices.Equal(alone[0].logits[0], alone[1].logits[0][:len(alone[0].logits[0])]) {
 		t.Error("adapter had no effect")
+	}
+}
+
+// bf16Copy loads tiny-llama-lora with every value rounded to bf16, with
+// bf16 copies (lora.Adapter.CompactBF16) when compact is set.
+func bf16Copy(t *testing.T, td string, cfg *model.Config, compact bool) *lora.Adapter {
+	t.Helper()
+	a, _, err := adapters.LoadDir("bf16", filepath.Join(td, "adapters/tiny-llama-lora"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mods := range a.Layers {
+		for _, p := range mods {
+			if p == nil {
+				continue
+			}
+			for _, v := range [][]float32{p.A, p.B} {
+				for i, f := range v {
+					v[i] = math.Float32frombits(uint32(safetensors.F32ToBF16(f)) << 16)
+				}
+			}
+		}
+	}
+	if compact {
+		if n := a.CompactBF16(); n == 0 {
+			t.Fatal("CompactBF16 set no pair")
+		}
+	}
+	return a
+}
+
+// TestBF16Adapter checks an adapter streamed from its bf16 copies against
+// the same values in float32: with exact inputs the logits agree bit for
+// bit (the down-projection's products are exact either way); with inputs
+// rounded to bf16 (the default, as for any product with bf16 weights) they
+// stay close.
+func TestBF16Adapter(t *testing.T) {
+	cases, td, err := refcase.Cases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		if c.Name != "llama_base" && c.Name != "llama_bf16_base" {
+			continue
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			m, err := model.Load(filepath.Join(td, c.Model), model.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			f32, b16 := bf16Copy(t, td, m.Config, false), bf16Copy(t, td, m.Config, true)
+			for _, exact := range []bool{true, false} {
+				ex := cpu.New(m, cpu.Options{ExactBF16Inputs: exact})
+				logits := func(a *lora.Adapter) []float32 {
+					out, err := ex.Forward(context.Background(), []engine.Row{{Seq: ex.NewSequence(), Tokens: []int32{5, 9, 33, 200, 7}, Adapter: a, Logits: engine.LogitsAll}})
+					if err != nil {
+						t.Fatal(err)
+					}
+					return out[0].Logits.Data
+				}
+				want, got := logits(f32), logits(b16)
+				d := refcase.MaxAbsDiff(want, got)
+				if exact && !slices.Equal(got, want) {
+					t.Errorf("exact inputs: bf16 copies' logits differ from float32's (max |Δ| %g)", d)
+				}
+				if !exact && (d == 0 || d > 5e-2) {
+					t.Errorf("rounded inputs: max |Δ| %g from float32's; want small and non-zero", d)
+				}
+				t.Logf("exact=%v: max |Δ| %g", exact, d)
+			}
+		})
 	}
 }

@@ -14,6 +14,11 @@ type Pair struct {
 	R, In, Out int
 	A, B       []float32
 	Scale      float32
+	// A16 and B16, when set (by Adapter.CompactBF16), are A and B as bf16
+	// bit patterns: the very same values, so an executor that reads bf16
+	// may use them instead and stream half the bytes. A and B must not
+	// change once they are set.
+	A16, B16 []uint16
 }
 
 // Adapter is a LoRA adapter bound to a model configuration.
@@ -90,4 +95,42 @@ func (a *Adapter) Clone() *Adapter {
 		}
 	}
 	return c
+}
+
+// CompactBF16 sets A16 and B16 on every pair whose A and B values are all
+// bf16 values (their low 16 bits zero: an adapter stored in bf16, or one
+// trained in bf16 and saved as float32), and reports how many pairs it set.
+// Pairs with any other value keep float32 only: nothing is rounded. Call it
+// before the adapter is shared; A and B must not change afterwards.
+func (a *Adapter) CompactBF16() int {
+	n := 0
+	for _, mods := range a.Layers {
+		for _, p := range mods {
+			if p == nil || p.A16 != nil {
+				continue
+			}
+			a16, okA := bf16Bits(p.A)
+			b16, okB := bf16Bits(p.B)
+			if okA && okB {
+				p.A16, p.B16 = a16, b16
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// bf16Bits returns v's values as bf16 bit patterns, or false if any value
+// is not exactly a bf16 value.
+func bf16Bits(v []float32) ([]uint16, bool) {
+	for _, f := range v {
+		if math.Float32bits(f)&0xffff != 0 {
+			return nil, false
+		}
+	}
+	out := make([]uint16, len(v))
+	for i, f := range v {
+		out[i] = uint16(math.Float32bits(f) >> 16)
+	}
+	return out, true
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/sooserve/sooserve/engine/cpu"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/engine/xla"
+	"github.com/sooserve/sooserve/internal/synth"
 	"github.com/sooserve/sooserve/training"
 )
 
@@ -21,20 +22,32 @@ import (
 // SOO loss gradients at every site.
 func TestCPUParity(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct{ model, adapter string }{
-		{"models/tiny-llama", "adapters/tiny-llama-lora"},
-		{"models/tiny-llama-bf16", "adapters/tiny-llama-lora-qv"},
-		{"models/tiny-qwen2", "adapters/tiny-qwen2-lora"},
-		{"models/tiny-qwen2-f16", ""},
-		{"models/tiny-gemma2", "adapters/tiny-gemma2-lora"},
+	for _, tc := range []struct {
+		model, adapter string
+		bf16           bool // the adapter rounded to bf16 and kept so (lora.Adapter.CompactBF16)
+	}{
+		{"models/tiny-llama", "adapters/tiny-llama-lora", false},
+		{"models/tiny-llama", "adapters/tiny-llama-lora", true},
+		{"models/tiny-llama-bf16", "adapters/tiny-llama-lora-qv", false},
+		{"models/tiny-llama-bf16", "adapters/tiny-llama-lora", true},
+		{"models/tiny-qwen2", "adapters/tiny-qwen2-lora", false},
+		{"models/tiny-qwen2-f16", "", false},
+		{"models/tiny-gemma2", "adapters/tiny-gemma2-lora", false},
 	} {
-		t.Run(tc.model, func(t *testing.T) {
+		name := tc.model
+		if tc.bf16 {
+			name += "/bf16-adapter"
+		}
+		t.Run(name, func(t *testing.T) {
 			xe := executor(t, tc.model)
 			var adir *string
 			if tc.adapter != "" {
 				adir = &tc.adapter
 			}
 			a := loadAdapter(t, xe, adir)
+			if tc.bf16 {
+				synth.RoundBF16(a)
+			}
 			cfg := xe.Config()
 			m := modelOf(t, tc.model)
 			ce := cpu.New(m, cpu.Options{})

@@ -13,10 +13,12 @@ import (
 
 func shapeF32(dims ...int) shapes.Shape { return shapes.Make(dtypes.Float32, dims...) }
 
-// loraNode is an adapted module's A [r,in], B [out,r] and scale inside a graph.
+// loraNode is an adapted module's A [r,in], B [out,r] and scale inside a
+// graph; round: x·Aᵀ reads x rounded to bf16 (A stored bf16).
 type loraNode struct {
 	a, b  *Node
 	scale float32
+	round bool
 }
 
 // net is a model being built as a graph.
@@ -33,7 +35,7 @@ type net struct {
 func newNet(cfg *model.Config, round bf16In, sig []loraPair, n int, in []*Node) *net {
 	nt := &net{cfg: cfg, lora: map[[2]int]loraNode{}, round: round}
 	for i, p := range sig {
-		nt.lora[[2]int{p.layer, int(p.mod)}] = loraNode{a: in[2*i], b: in[2*i+1], scale: p.scale}
+		nt.lora[[2]int{p.layer, int(p.mod)}] = loraNode{a: in[2*i], b: in[2*i+1], scale: p.scale, round: p.round}
 	}
 	in = in[2*len(sig):]
 	nt.w.layers = make([]layerOf[*Node], cfg.Layers)
@@ -54,7 +56,7 @@ func (nt *net) linear(l int, m model.Module, x *Node) *Node {
 		y = Add(y, lastAxis(L.b[m], y.Rank()))
 	}
 	if p, ok := nt.lora[[2]int{l, int(m)}]; ok {
-		u := Einsum("bti,ri->btr", x, p.a)
+		u := Einsum("bti,ri->btr", productInput(x, p.round), p.a)
 		u = Einsum("btr,or->bto", u, p.b)
 		y = Add(y, MulScalar(u, float64(p.scale)))
 	}

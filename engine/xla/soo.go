@@ -92,7 +92,10 @@ func (e *Executor) SOOLossGrad(ctx context.Context, a *lora.Adapter, self, other
 	}
 
 	upstream := func(l int, m model.Module) bool { return l < layer || site != engine.AttnOut || m <= model.O }
-	lo := loraInputs(a, layer+1, upstream)
+	// As the cpu executor's ForwardTrain: LoRA products over unrounded
+	// inputs (adapters in training are float32; one with bf16 copies is
+	// differentiated as its float32 values).
+	lo := loraInputs(a, layer+1, upstream, false)
 	spec := sooSpec{layer: layer, site: site, full: pooling == PoolFull, lora: lo.sig}
 	x, err := e.exec(spec.key(), func(in []*Node) []*Node { return e.buildSOO(spec, in) })
 	if err != nil {

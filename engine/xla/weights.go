@@ -65,6 +65,7 @@ type weightSet struct {
 type bf16In struct {
 	proj [][model.NumModules]bool // [layer][module]
 	head bool
+	on   bool // the rule is on (not ExactBF16Inputs): LoRA pairs with bf16 copies round too
 }
 
 // newWeightSet loads m's weights onto b; with round, products with bf16
@@ -79,6 +80,7 @@ func newWeightSet(m *model.Model, b backends.Backend, round bool) *weightSet {
 	if !cfg.TieEmbeddings {
 		w.lmHead = matrixTensor(m.LMHead)
 	}
+	ws.round.on = round
 	ws.round.head = round && m.LMHead.DType == model.BF16
 	ws.round.proj = make([][model.NumModules]bool, cfg.Layers)
 	for l := range ws.round.proj {

@@ -289,7 +289,7 @@ func (e *Executor) forwardRow(r *engine.Row) (engine.Output, error) {
 	toks := make([]int32, T)
 	copy(toks, s.tokens)
 	copy(toks[past:], r.Tokens)
-	lo := loraInputs(r.Adapter, layers, nil)
+	lo := loraInputs(r.Adapter, layers, nil, e.weights.round.on)
 	spec := fwdSpec{layers: layers, mode: mode, capture: capture, lora: lo.sig}
 	x, err := e.exec(spec.key(), func(in []*graph.Node) []*graph.Node { return e.buildForward(spec, in) })
 	if err != nil {
@@ -346,6 +346,7 @@ type loraPair struct {
 	mod   model.Module
 	r     int
 	scale float32
+	round bool // A is stored bf16 (lora.Pair.A16) and inputs are rounded: x·Aᵀ reads x rounded
 }
 
 // loraArgs are the LoRA inputs of one graph run.
@@ -356,7 +357,10 @@ type loraArgs struct {
 
 // loraInputs lists a's pairs in layers [0, layers), in (layer, module) order,
 // keeping only modules for which keep returns true (nil keeps all).
-func loraInputs(a *lora.Adapter, layers int, keep func(l int, m model.Module) bool) loraArgs {
+//
+// With round, pairs with bf16 copies (an adapter stored in bf16) have their
+// down-projection read its input rounded to bf16, as the cpu executor's does.
+func loraInputs(a *lora.Adapter, layers int, keep func(l int, m model.Module) bool, round bool) loraArgs {
 	var la loraArgs
 	if a == nil {
 		return la
@@ -367,7 +371,7 @@ func loraInputs(a *lora.Adapter, layers int, keep func(l int, m model.Module) bo
 			if p == nil || (keep != nil && !keep(l, m)) {
 				continue
 			}
-			la.sig = append(la.sig, loraPair{layer: l, mod: m, r: p.R, scale: p.Scale})
+			la.sig = append(la.sig, loraPair{layer: l, mod: m, r: p.R, scale: p.Scale, round: round && p.A16 != nil})
 			la.tensors = append(la.tensors,
 				tensors.FromFlatDataAndDimensions(p.A, p.R, p.In),
 				tensors.FromFlatDataAndDimensions(p.B, p.Out, p.R))
@@ -379,7 +383,7 @@ func loraInputs(a *lora.Adapter, layers int, keep func(l int, m model.Module) bo
 func sigKey(sig []loraPair) string {
 	s := ""
 	for _, p := range sig {
-		s += fmt.Sprintf("%d.%d.%d.%x;", p.layer, p.mod, p.r, p.scale)
+		s += fmt.Sprintf("%d.%d.%d.%x.%t;", p.layer, p.mod, p.r, p.scale, p.round)
 	}
 	return s
 }

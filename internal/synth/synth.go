@@ -180,3 +180,22 @@ func Adapter(cfg *model.Config, name string, r int, modules []model.Module, seed
 	}
 	return a
 }
+
+// RoundBF16 rounds every value of a's A and B to the nearest bf16 value and
+// gives its pairs bf16 copies (lora.Adapter.CompactBF16), as loading the
+// adapter from a bf16 file would: for benchmarks of bf16-stored adapters.
+func RoundBF16(a *lora.Adapter) {
+	for _, mods := range a.Layers {
+		for _, p := range mods {
+			if p == nil {
+				continue
+			}
+			for _, v := range [][]float32{p.A, p.B} {
+				for i, f := range v {
+					v[i] = safetensors.BF16ToF32(safetensors.F32ToBF16(f))
+				}
+			}
+		}
+	}
+	a.CompactBF16()
+}
