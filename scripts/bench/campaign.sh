@@ -17,7 +17,7 @@ print(sys.argv[1], " ".join(sys.argv[2:]), "| tok/s %.1f"%r["decode_tokens_per_s
       "ratio %.3f"%r.get("bound_ratio",0), ("[" + " ".join("%.2f"%x for x in rs) + "]") if rs else "",
       "pre %.3f"%r["prefill_128_s"],
       ("x%.2f single %.1f"%(r["batch_speedup"],r["single_decode_tokens_per_s"])) if r.get("batch_speedup") else "",
-      ("lora %+.1f%% (%.2f vs %.2f ms)"%(100*r["lora_overhead"], r["lora_step_ms"], r["lora_base_step_ms"])) if r.get("adapters") else "", flush=True)' "$b" "$@"
+      ("lora %s %+.1f%% (%.2f vs %.2f ms)"%(r.get("lora_dtype","f32"), 100*r["lora_overhead"], r["lora_step_ms"], r["lora_base_step_ms"])) if r.get("adapters") else "", flush=True)' "$b" "$@"
 	done
 }
 date; uptime
@@ -31,5 +31,7 @@ for i in 1 2; do
 done
 BINS="$NEW"
 for i in 1 2 3; do run --dtype bf16 --batch 4 --adapters 4 --lora-rank 16; run --dtype f32 --batch 4 --adapters 4 --lora-rank 16; done
+# Adapters stored in bf16 (NEW must know --lora-dtype: sixth session on).
+for i in 1 2 3; do run --dtype bf16 --batch 4 --adapters 4 --lora-rank 16 --lora-dtype bf16; done
 run --dtype f32 --vocab 400; run --dtype bf16 --vocab 400; run --dtype f16
 date; uptime
