@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -43,6 +44,8 @@ type benchResult struct {
 	BatchSpeedup           float64   `json:"batch_speedup,omitempty"`  // median of batch_speedups
 	BatchSpeedups          []float64 `json:"batch_speedups,omitempty"` // batch rate over the single rate, each from a pair of adjacent runs
 	Prefill128S            float64   `json:"prefill_128_s"`
+	PrefillTokens          int       `json:"prefill_tokens,omitempty"`
+	PrefillS               float64   `json:"prefill_s,omitempty"`
 	BandwidthGBs           float64   `json:"bandwidth_gb_s,omitempty"`
 	BoundTokensPerS        float64   `json:"bandwidth_bound_tokens_per_s,omitempty"`
 	BoundRatio             float64   `json:"bound_ratio,omitempty"`  // median of the cycles' ratios
@@ -70,6 +73,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	batch := fs.Int("batch", 1, "concurrent sequences decoding in one step")
 	vocab := fs.Int("vocab", 0, "override the synthetic model's vocabulary size")
 	tokens := fs.Int("tokens", 32, "decode steps to time")
+	prefillN := fs.Int("prefill", 0, "also time the prefill of a prompt of this many tokens (prefill_tokens, prefill_s: the better of two runs)")
 	threads := fs.Int("threads", 0, "kernel threads (0: GOMAXPROCS)")
 	backend := fs.String("backend", "cpu", "executor: cpu, or xla:cuda / xla:cpu / simplego for the GoMLX executor (xla:* needs a -tags xla build and a PJRT plugin; it has no KV cache, so each decode step recomputes the sequence, and no bandwidth bound is reported)")
 	seed := fs.Uint64("seed", 1, "random seed of the synthetic weights")
@@ -96,6 +100,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	if *batch < 1 || *tokens < 1 {
 		return fmt.Errorf("--batch and --tokens must be positive")
+	}
+	if *prefillN < 0 {
+		return fmt.Errorf("--prefill must be ≥ 0")
 	}
 	if *loraDType != "f32" && *loraDType != "bf16" {
 		return fmt.Errorf("--lora-dtype %q: want f32 or bf16", *loraDType)
@@ -186,7 +193,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		}
 		ads = append(ads, a)
 	}
-	r, err := bench(m, *backend, th, *batch, *tokens, int64(*bwMB)<<20, ads, exactBF16)
+	r, err := bench(m, benchOptions{backend: *backend, threads: th, batch: *batch, steps: *tokens, bwBytes: int64(*bwMB) << 20,
+		adapters: ads, exactBF16: exactBF16, prefill: *prefillN})
 	if err != nil {
 		return err
 	}
@@ -202,6 +210,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "model      %s (%s, %.1fM params, vocab %d, %.0f MB of weights read per step)\n", r.Model, r.DType, float64(r.Params)/1e6, r.Vocab, float64(r.WeightBytes)/1e6)
 	fmt.Fprintf(stdout, "machine    %s, %d threads, backend %s, read bandwidth %.1f GB/s\n", r.CPU, r.Threads, r.Backend, r.BandwidthGBs)
 	fmt.Fprintf(stdout, "prefill    %d tokens in %.3f s (%.0f tokens/s)\n", prefillTokens, r.Prefill128S, prefillTokens/r.Prefill128S)
+	if r.PrefillTokens > 0 {
+		fmt.Fprintf(stdout, "           %d tokens in %.3f s (%.0f tokens/s)\n", r.PrefillTokens, r.PrefillS, float64(r.PrefillTokens)/r.PrefillS)
+	}
 	fmt.Fprintf(stdout, "decode     %.1f tokens/s with batch %d (%.2f ms per step, median of %d)\n", r.DecodeTokensPerS, r.Batch, r.DecodeStepMS, r.DecodeSteps)
 	if r.Batch > 1 {
 		fmt.Fprintf(stdout, "           single sequence %.1f tokens/s: batch speedup %.2fx\n", r.SingleDecodeTokensPerS, r.BatchSpeedup)
@@ -217,9 +228,21 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// benchOptions is what bench measures, and how.
+type benchOptions struct {
+	backend        string
+	threads, batch int
+	steps          int   // decode steps to time
+	bwBytes        int64 // size of the bandwidth probe's buffer
+	adapters       []*lora.Adapter
+	exactBF16      bool
+	prefill        int // also time a prefill of this many tokens (0: only the 128-token one)
+}
+
 // bench measures m on this machine with the named executor backend; with
 // adapters, also decode with row i of the batch on adapters[i%len(adapters)].
-func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes int64, adapters []*lora.Adapter, exactBF16 bool) (*benchResult, error) {
+func bench(m *model.Model, o benchOptions) (*benchResult, error) {
+	backend, threads, batch, steps, bwBytes, adapters, exactBF16 := o.backend, o.threads, o.batch, o.steps, o.bwBytes, o.adapters, o.exactBF16
 	cfg := m.Config
 	r := &benchResult{
 		DType: m.Layers[0].Proj[model.Q].W.DType.String(), BF16Inputs: "rounded", Batch: batch, Vocab: cfg.VocabSize, Threads: threads,
@@ -277,6 +300,20 @@ func bench(m *model.Model, backend string, threads, batch, steps int, bwBytes in
 		s.Release()
 	}
 	r.Prefill128S = median(pre)
+	if o.prefill > 0 {
+		// A longer prompt (its attention grows with the square of its
+		// length): the better of two fresh sequences.
+		r.PrefillTokens, r.PrefillS = o.prefill, math.Inf(1)
+		for range 2 {
+			s := ex.NewSequence()
+			t0 := time.Now()
+			if _, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: prompt(o.prefill)}}); err != nil {
+				return nil, fmt.Errorf("--prefill %d: %w", o.prefill, err)
+			}
+			r.PrefillS = min(r.PrefillS, time.Since(t0).Seconds())
+			s.Release()
+		}
+	}
 
 	// decodeCycles times steps decode steps of batch sequences (after two
 	// warm-up steps) and returns their times in cycles groups of

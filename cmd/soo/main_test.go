@@ -30,6 +30,32 @@ func TestBenchTinyJSON(t *testing.T) {
 	}
 }
 
+// TestBenchPrefill checks --prefill: a longer prompt's prefill time in its
+// own fields, and clear errors for a negative or too long prompt.
+func TestBenchPrefill(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"bench", "--shape", "tiny", "--prefill", "300", "--tokens", "1", "--json", "--bw-mb", "4"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var r struct {
+		Tokens int     `json:"prefill_tokens"`
+		S      float64 `json:"prefill_s"`
+		S128   float64 `json:"prefill_128_s"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %q", err, out.String())
+	}
+	if r.Tokens != 300 || r.S <= 0 || r.S128 <= 0 {
+		t.Errorf("prefill fields %+v in %s", r, out.String())
+	}
+	for args, msg := range map[string]string{"-1": "--prefill must be", "100000": "--prefill 100000"} {
+		errb.Reset()
+		if code := run([]string{"bench", "--shape", "tiny", "--prefill", args, "--tokens", "1", "--bw-mb", "4"}, &out, &errb); code == 0 || !strings.Contains(errb.String(), msg) {
+			t.Errorf("--prefill %s: exit %d, %q; want %q", args, code, errb.String(), msg)
+		}
+	}
+}
+
 func TestBenchAdapters(t *testing.T) {
 	var out, errb bytes.Buffer
 	for _, dt := range []string{"f32", "bf16"} {

@@ -506,6 +506,7 @@ func (st *step) projs(l int, x []float32, outs ...projOut) {
 // 2.5–3.2 for float32 pairs; in a whole decode step the cost fell from a
 // median of 8.3% to 7.75% (6 alternating runs each), as most of it is
 // waiting on memory.
+//
 // scratch is a buffer for x's packing, returned (perhaps grown) for the
 // next call.
 func (ks kernelSet) applyLoRA(p *lora.Pair, x []float32, n int, out []float32, scratch []float32) []float32 {

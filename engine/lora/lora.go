@@ -83,7 +83,8 @@ func (a *Adapter) ZerosLike() *Adapter {
 	return z
 }
 
-// Clone returns a deep copy of a.
+// Clone returns a deep copy of a's float32 values (without bf16 copies, so
+// the copy's A and B may change).
 func (a *Adapter) Clone() *Adapter {
 	c := a.ZerosLike()
 	for l, mods := range a.Layers {
