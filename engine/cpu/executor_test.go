@@ -114,37 +114,53 @@ func TestForwardHonoursCancel(t *testing.T) {
 }
 
 // TestLongDecodeMatchesPrefill decodes past the KV cache's first allocation
-// (it grows as tokens arrive), one token per step and in uneven chunks, and holds the
-// logits to one prefill of the whole sequence.
+// (it grows as tokens arrive), one token per step and in uneven chunks, and
+// holds the logits to one prefill of the whole sequence, bit for bit: on
+// grouped-query attention, a sliding window with soft-capping (gemma2) and
+// bf16 weights. (A prefill attends a few tokens per task, a decode step one.)
 func TestLongDecodeMatchesPrefill(t *testing.T) {
-	ex := tinyLlama(t, cpu.Options{Threads: 2})
-	ctx := context.Background()
-	n := min(300, ex.MaxContext())
-	toks := make([]int32, n)
-	for i := range toks {
-		toks[i] = int32((i*7 + 3) % ex.Config().VocabSize)
-	}
-	want, err := ex.Forward(ctx, []engine.Row{{Seq: ex.NewSequence(), Tokens: toks, Logits: engine.LogitsAll}})
+	td, err := refcase.TestData()
 	if err != nil {
 		t.Fatal(err)
 	}
-	V := ex.Config().VocabSize
-	for _, chunks := range [][]int{{n - 40, 1}, {100, 150, 7, 1}} {
-		s := ex.NewSequence()
-		pos := 0
-		for i := 0; pos < n; i++ {
-			c := chunks[min(i, len(chunks)-1)]
-			c = min(c, n-pos)
-			got, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: toks[pos : pos+c], Logits: engine.LogitsAll}})
+	for _, dir := range []string{"tiny-llama", "tiny-llama-bf16", "tiny-qwen2", "tiny-gemma2"} {
+		t.Run(dir, func(t *testing.T) {
+			m, err := model.Load(filepath.Join(td, "models", dir), model.LoadOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d := refcase.MaxAbsDiff(got[0].Logits.Data, want[0].Logits.Data[pos*V:(pos+c)*V]); d > 1e-5 {
-				t.Fatalf("chunks %v: tokens [%d,%d) differ from the prefill by %g", chunks, pos, pos+c, d)
+			defer m.Close()
+			ex := cpu.New(m, cpu.Options{Threads: 2})
+			ctx := context.Background()
+			n := min(300, ex.MaxContext())
+			toks := make([]int32, n)
+			for i := range toks {
+				toks[i] = int32((i*7 + 3) % ex.Config().VocabSize)
 			}
-			pos += c
-		}
-		s.Release()
+			want, err := ex.Forward(ctx, []engine.Row{{Seq: ex.NewSequence(), Tokens: toks, Logits: engine.LogitsAll}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			V := ex.Config().VocabSize
+			for _, chunks := range [][]int{{n - 40, 1}, {100, 150, 7, 1}, {1, 2, 3, 5}} {
+				s := ex.NewSequence()
+				pos := 0
+				for i := 0; pos < n; i++ {
+					c := chunks[min(i, len(chunks)-1)]
+					c = min(c, n-pos)
+					got, err := ex.Forward(ctx, []engine.Row{{Seq: s, Tokens: toks[pos : pos+c], Logits: engine.LogitsAll}})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if d := refcase.MaxAbsDiff(got[0].Logits.Data, want[0].Logits.Data[pos*V:(pos+c)*V]); d != 0 ||
+						!slices.Equal(got[0].Logits.Data, want[0].Logits.Data[pos*V:(pos+c)*V]) {
+						t.Fatalf("chunks %v: tokens [%d,%d) differ from the prefill by %g", chunks, pos, pos+c, d)
+					}
+					pos += c
+				}
+				s.Release()
+			}
+		})
 	}
 }
 
