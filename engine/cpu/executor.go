@@ -175,6 +175,9 @@ type step struct {
 	sin     []float32
 	outs    []engine.Output
 	lastLay int
+	// blocks and blocksPer cache attnBlocks.
+	blocks    [][2]int32
+	blocksPer int
 }
 
 // ErrPartialSequence is returned when a sequence whose last step skipped layers is extended.
@@ -694,13 +697,19 @@ func (st *step) applyRope(q, k []float32) {
 }
 
 // attention computes each new token's attention over its sequence's cache.
-// One task is a (token, KV head) pair: the group's query heads score every
-// key of the transposed cache in one pass (scoresKT, from the 16-position
-// block holding the window's first key), then share each value row's load
-// (wsumG). Tasks go KV head by KV head, so a prompt's consecutive tokens
-// read the same head's keys and values while they are still in cache (a
-// head's 2000 positions are 1 MB, about one core's L2; token-major order
-// cycled through all heads' and ran a 2000-token prefill ~5% slower).
+// One task is a KV head and a block of up to a few consecutive tokens of one
+// row (one while decoding): the block's query heads (tokens × the KV head's
+// group) score every key of the transposed cache in one pass (scoresKT, from
+// the 16-position block holding the window's first key), so each key row
+// loaded serves up to six heads, then share each value row's load (wsumG).
+// A head's scores outside its own window (the later tokens' extra keys) are
+// zero after the softmax, so every output sums what a token alone would, in
+// the same order: the same bits however the tokens are grouped.
+//
+// Tasks go KV head by KV head, so a prompt's consecutive tokens read the
+// same head's keys and values while they are still in cache (a head's 2000
+// positions are 1 MB, about one core's L2; token-major order cycled through
+// all heads' and ran a 2000-token prefill ~5% slower).
 func (st *step) attention(l int, q, out []float32) {
 	cfg := st.e.cfg
 	H, hd := cfg.Heads, cfg.HeadDim
@@ -709,74 +718,112 @@ func (st *step) attention(l int, q, out []float32) {
 	kvd := cfg.KVDim()
 	window := cfg.Window(l)
 	ks := native
+	lo := func(pos int) int { // first key position in pos's window
+		if window > 0 {
+			return max(0, pos-window+1)
+		}
+		return 0
+	}
+	maxRows := 4 // heads a score kernel takes at once
+	if ks.avx512 {
+		maxRows = maxSG
+	}
+	blocks := st.attnBlocks(max(1, maxRows/group))
 	run := func(t0, t1 int) {
 		// Scratch from the executor's list: a chunk is a few tasks, and a
 		// long prompt's thousands of chunks each allocating (and zeroing)
 		// their scores took 7% of a 2000-token prefill.
 		scratch := st.e.attnBufs.get()
 		defer func() { st.e.attnBufs.put(scratch) }()
-		if cap(scratch) < group*(hd+1) {
-			scratch = make([]float32, group*(hd+1), 64*group*(hd+1))
-		}
-		qs := scratch[:group*hd] // the group's query heads, times the attention scale
-		sums := scratch[group*hd : group*(hd+1)]
 		for task := t0; task < t1; task++ {
-			kh, tok := task/st.n, task%st.n
-			i := st.rowOf(tok)
+			kh, blk := task/len(blocks), blocks[task%len(blocks)]
+			tok0, T := int(blk[0]), int(blk[1])
+			i := st.rowOf(tok0)
 			s := st.seqs[i]
-			pos := s.n + (tok - st.off[i]) // absolute position of this token
-			lo := 0
-			if window > 0 {
-				lo = max(0, pos-window+1)
-			}
-			nk := pos + 1 - lo
-			lo16 := lo &^ 15
-			nb := (pos + 1 - lo16 + 15) / 16 // within the cache's room: a multiple of 16 past pos
+			pos0 := s.n + (tok0 - st.off[i]) // absolute position of the block's first token
+			loMin, posMax := lo(pos0), pos0+T-1
+			lo16 := loMin &^ 15
+			nb := (posMax + 1 - lo16 + 15) / 16 // within the cache's room: a multiple of 16 past pos
 			ldo := 16 * nb
-			if need := group * (hd + 1 + ldo); cap(scratch) < need {
+			R := T * group // query heads: token b's head g is row b*group+g
+			if need := R * (2*hd + 1 + ldo); cap(scratch) < need {
 				scratch = make([]float32, need, 2*need)
-				qs, sums = scratch[:group*hd], scratch[group*hd:group*(hd+1)]
 			}
-			scores := scratch[group*(hd+1) : group*(hd+1+ldo)]
-			h0 := tok*H + kh*group // first query head of the group
-			room := len(s.kt[l]) / kvd
-			// scores[g*ldo+j] = (scale·q[h0+g])·k[lo16+j]: scaling the
-			// query rather than every score (exact where the scale is a
-			// power of two, as 1/√64 is).
-			for i, v := range q[h0*hd : (h0+group)*hd] {
-				qs[i] = v * cfg.AttnScale
-			}
-			ks.scoresKT(qs, group, hd, s.kt[l][kh*hd*room+lo16:], room, scores, ldo, nb)
-			// Head g's keys lo..pos, soft-capped and exponentiated in place.
-			off := lo - lo16
-			for g := 0; g < group; g++ {
-				pg := scores[g*ldo+off : g*ldo+off+nk]
-				if c := cfg.AttnSoftcap; c > 0 {
-					for j, v := range pg {
-						pg[j] = softcap(v, c)
-					}
+			qs := scratch[:R*hd] // the query heads, times the attention scale
+			sums := scratch[R*hd : R*(hd+1)]
+			ob := scratch[R*(hd+1) : R*(2*hd+1)]
+			scores := scratch[R*(2*hd+1) : R*(2*hd+1+ldo)]
+			// scores[r*ldo+j] = (scale·q[r])·k[lo16+j]: scaling the query
+			// rather than every score (exact where the scale is a power of
+			// two, as 1/√64 is).
+			for b := range T {
+				h0 := (tok0+b)*H + kh*group
+				for c, v := range q[h0*hd : (h0+group)*hd] {
+					qs[b*group*hd+c] = v * cfg.AttnScale
 				}
-				sums[g] = ks.expSum(pg, ks.maxOf(pg))
 			}
-			// The group's heads share each value row's load.
-			o := out[h0*hd : (h0+group)*hd]
-			ks.wsumG(scores[off:], ldo, group, s.v[l][lo*kvd+kh*hd:], kvd, nk, o, hd, hd)
-			for g := 0; g < group; g++ {
-				inv := 1 / sums[g]
-				og := o[g*hd : (g+1)*hd]
-				for c := range og {
-					og[c] *= inv
+			room := len(s.kt[l]) / kvd
+			ks.scoresKT(qs, R, hd, s.kt[l][kh*hd*room+lo16:], room, scores, ldo, nb)
+			// Each head's keys lo..pos, soft-capped and exponentiated in
+			// place; the rest of the block's span zeroed.
+			span0, nspan := loMin-lo16, posMax+1-loMin
+			for b := range T {
+				pos := pos0 + b
+				off, nk := lo(pos)-lo16, pos+1-lo(pos)
+				for g := range group {
+					r := b*group + g
+					row := scores[r*ldo : (r+1)*ldo]
+					pg := row[off : off+nk]
+					if c := cfg.AttnSoftcap; c > 0 {
+						for j, v := range pg {
+							pg[j] = softcap(v, c)
+						}
+					}
+					sums[r] = ks.expSum(pg, ks.maxOf(pg))
+					clear(row[span0:off])
+					clear(row[off+nk : span0+nspan])
+				}
+			}
+			// The block's heads share each value row's load.
+			ks.wsumG(scores[span0:], ldo, R, s.v[l][loMin*kvd+kh*hd:], kvd, nspan, ob, hd, hd)
+			for b := range T {
+				h0 := (tok0+b)*H + kh*group
+				for g := range group {
+					r := b*group + g
+					inv := 1 / sums[r]
+					dst := out[(h0+g)*hd : (h0+g+1)*hd]
+					for c, v := range ob[r*hd : (r+1)*hd] {
+						dst[c] = v * inv
+					}
 				}
 			}
 		}
 	}
 	// Causal rows grow with position: small chunks keep both threads busy
 	// (one task per chunk while decoding, where there are only a few).
+	tasks := len(blocks) * KH
 	grain := 4
-	if st.n*KH < 4*st.e.threads {
+	if tasks < 4*st.e.threads {
 		grain = 1
 	}
-	st.e.pool.run(st.n*KH, grain, run)
+	st.e.pool.run(tasks, grain, run)
+}
+
+// attnBlocks returns the step's attention blocks, runs of up to per
+// consecutive tokens of one row, as (first token, count); the same for
+// every layer, so computed once a step.
+func (st *step) attnBlocks(per int) [][2]int32 {
+	if st.blocks != nil && st.blocksPer == per {
+		return st.blocks
+	}
+	st.blocks, st.blocksPer = st.blocks[:0], per
+	for i, r := range st.rows {
+		n := len(r.Tokens)
+		for t := 0; t < n; t += per {
+			st.blocks = append(st.blocks, [2]int32{int32(st.off[i] + t), int32(min(per, n-t))})
+		}
+	}
+	return st.blocks
 }
 
 // rowOf returns the row index that flattened token tok belongs to.

@@ -587,8 +587,12 @@ func (ks kernelSet) scoresKT(q []float32, G, hd int, kt []float32, ldk int, o []
 	_ = q[G*hd-1]
 	_ = kt[(hd-1)*ldk+16*nb-1]
 	_ = o[(G-1)*ldo+16*nb-1]
-	for g0 := 0; g0 < G; g0 += 4 {
-		gn := min(4, G-g0)
+	step := 4
+	if ks.avx512 {
+		step = maxSG
+	}
+	for g0 := 0; g0 < G; g0 += step {
+		gn := min(step, G-g0)
 		qg, og := &q[g0*hd], &o[g0*ldo]
 		switch {
 		case ks.avx512:
@@ -617,8 +621,9 @@ func (ks kernelSet) scoresKT(q []float32, G, hd int, kt []float32, ldk int, o []
 }
 
 // maxWG and maxWW are the most heads and 16-column vectors of an AVX-512
-// weighted-sum kernel (wsumZTab).
-const maxWG, maxWW = 4, 4
+// weighted-sum kernel (wsumZTab); maxSG the most heads of an AVX-512 score
+// kernel (scoresZTab; the AVX2 ones take up to 4).
+const maxWG, maxWW, maxSG = 6, 4, 6
 
 // wsumG is wsum for G heads at once: o[g*ldo+c] = Σ_j p[g*ldp+j]·v[j*ldv+c]
 // for g < G, j < n, c < hd, each column summed exactly as wsum sums it. The

@@ -1597,6 +1597,94 @@ func wsumZG4W3(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
 //go:noescape
 func wsumZG4W4(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
 
+// wsumZG5W1 computes, for heads g < 5 and columns c < 16,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG5W1(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG5W2 computes, for heads g < 5 and columns c < 32,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG5W2(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG5W3 computes, for heads g < 5 and columns c < 48,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG5W3(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG5W4 computes, for heads g < 5 and columns c < 64,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG5W4(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG6W1 computes, for heads g < 6 and columns c < 16,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG6W1(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG6W2 computes, for heads g < 6 and columns c < 32,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG6W2(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG6W3 computes, for heads g < 6 and columns c < 48,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG6W3(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
+// wsumZG6W4 computes, for heads g < 6 and columns c < 64,
+//
+//	var acc float32
+//	for j := 0; j < n; j++ {
+//		acc = fma(p[g*ldp+j], v[j*ldv+c], acc)
+//	}
+//	o[g*ldo+c] = acc
+//
+//go:noescape
+func wsumZG6W4(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
+
 // scoresYG1W2 computes, for heads g < 1 and keys j < 16*nb,
 //
 //	var acc float32
@@ -1857,12 +1945,118 @@ func scoresZG4W3(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, 
 //go:noescape
 func scoresZG4W4(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
 
+// scoresZG5W1 computes, for heads g < 5 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG5W1(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG5W2 computes, for heads g < 5 and keys j < 32*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG5W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG5W3 computes, for heads g < 5 and keys j < 48*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG5W3(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG5W4 computes, for heads g < 5 and keys j < 64*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG5W4(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG6W1 computes, for heads g < 6 and keys j < 16*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG6W1(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG6W2 computes, for heads g < 6 and keys j < 32*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG6W2(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG6W3 computes, for heads g < 6 and keys j < 48*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG6W3(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
+// scoresZG6W4 computes, for heads g < 6 and keys j < 64*nb,
+//
+//	var acc float32
+//	for c := 0; c < hd; c++ {
+//		acc = fma(q[g*hd+c], kt[c*ldk+j], acc)
+//	}
+//	o[g*ldo+j] = acc
+//
+// (hd and nb at least 1).
+//
+//go:noescape
+func scoresZG6W4(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
+
 // scoresZTab holds the AVX-512 score kernels, indexed [heads-1][vectors-1].
-var scoresZTab = [4][4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){
+var scoresZTab = [6][4]func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int){
 	{scoresZG1W1, scoresZG1W2, scoresZG1W3, scoresZG1W4},
 	{scoresZG2W1, scoresZG2W2, scoresZG2W3, scoresZG2W4},
 	{scoresZG3W1, scoresZG3W2, scoresZG3W3, scoresZG3W4},
 	{scoresZG4W1, scoresZG4W2, scoresZG4W3, scoresZG4W4},
+	{scoresZG5W1, scoresZG5W2, scoresZG5W3, scoresZG5W4},
+	{scoresZG6W1, scoresZG6W2, scoresZG6W3, scoresZG6W4},
 }
 
 // scoresYTab holds the AVX2 score kernels (16 keys a block), indexed [0][heads-1].
@@ -1871,11 +2065,13 @@ var scoresYTab = [1][4]func(q *float32, hd int, kt *float32, ldk int, o *float32
 }
 
 // wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1].
-var wsumZTab = [4][4]func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int){
+var wsumZTab = [6][4]func(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int){
 	{wsumZG1W1, wsumZG1W2, wsumZG1W3, wsumZG1W4},
 	{wsumZG2W1, wsumZG2W2, wsumZG2W3, wsumZG2W4},
 	{wsumZG3W1, wsumZG3W2, wsumZG3W3, wsumZG3W4},
 	{wsumZG4W1, wsumZG4W2, wsumZG4W3, wsumZG4W4},
+	{wsumZG5W1, wsumZG5W2, wsumZG5W3, wsumZG5W4},
+	{wsumZG6W1, wsumZG6W2, wsumZG6W3, wsumZG6W4},
 }
 
 // wsumTab holds the weighted-sum kernels, indexed by width in vectors - 1.

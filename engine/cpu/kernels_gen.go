@@ -102,15 +102,17 @@ func main() {
 			wsumZ(&s, &g, G, W)
 		}
 	}
-	for G := 1; G <= 4; G++ {
-		scoresK(&s, &g, false, G, 2)
+	for G := 1; G <= maxSG; G++ {
+		if G <= 4 {
+			scoresK(&s, &g, false, G, 2)
+		}
 		for W := 1; W <= 4; W++ {
 			scoresK(&s, &g, true, G, W)
 		}
 	}
 	const scoresTyp = "func(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)"
 	table2(&g, "scoresZTab holds the AVX-512 score kernels, indexed [heads-1][vectors-1]", "scoresZTab", scoresTyp,
-		4, 4, func(G, W int) string { return fmt.Sprintf("scoresZG%dW%d", G, W) })
+		maxSG, 4, func(G, W int) string { return fmt.Sprintf("scoresZG%dW%d", G, W) })
 	table2(&g, "scoresYTab holds the AVX2 score kernels (16 keys a block), indexed [0][heads-1]", "scoresYTab", scoresTyp,
 		1, 4, func(_, G int) string { return fmt.Sprintf("scoresYG%dW2", G) })
 	table2(&g, "wsumZTab holds the AVX-512 weighted-sum kernels, indexed [heads-1][vectors-1]", "wsumZTab",
@@ -695,7 +697,13 @@ func scoresK(s, g *bytes.Buffer, zmm bool, G, W int) {
 		v, lanes, kind = "Z", 16, "Z"
 		bc = 4
 	}
+	// Past four heads (zmm only) one register takes each head's broadcast
+	// in turn, so six heads' 24 accumulators fit.
+	oneBC := zmm && G > 4
 	acc := func(h, w int) int { return bc + G + h*W + w }
+	if oneBC {
+		acc = func(h, w int) int { return bc + 1 + h*W + w }
+	}
 	name := fmt.Sprintf("scores%sG%dW%d", kind, G, W)
 	blk := lanes * W * 4 // bytes of keys (or outputs) per block
 	fmt.Fprintf(g, `// %s computes, for heads g < %d and keys j < %d*nb,
@@ -734,13 +742,22 @@ func %s(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
 	for w := 0; w < W; w++ {
 		fmt.Fprintf(s, "\tVMOVUPS %d(BX), %s%d\n", 4*lanes*w, v, w)
 	}
-	qSrc := []string{"(SI)", "(SI)(R8*1)", "(SI)(R8*2)", "(R10)"}
-	for h := 0; h < G; h++ {
-		fmt.Fprintf(s, "\tVBROADCASTSS %s, %s%d\n", qSrc[h], v, bc+h)
-	}
-	for h := 0; h < G; h++ {
-		for w := 0; w < W; w++ {
-			fmt.Fprintf(s, "\tVFMADD231PS %s%d, %s%d, %s%d\n", v, w, v, bc+h, v, acc(h, w))
+	qSrc := []string{"(SI)", "(SI)(R8*1)", "(SI)(R8*2)", "(R10)", "(R10)(R8*1)", "(R10)(R8*2)"}
+	if oneBC {
+		for h := 0; h < G; h++ {
+			fmt.Fprintf(s, "\tVBROADCASTSS %s, Z%d\n", qSrc[h], bc)
+			for w := 0; w < W; w++ {
+				fmt.Fprintf(s, "\tVFMADD231PS Z%d, Z%d, Z%d\n", w, bc, acc(h, w))
+			}
+		}
+	} else {
+		for h := 0; h < G; h++ {
+			fmt.Fprintf(s, "\tVBROADCASTSS %s, %s%d\n", qSrc[h], v, bc+h)
+		}
+		for h := 0; h < G; h++ {
+			for w := 0; w < W; w++ {
+				fmt.Fprintf(s, "\tVFMADD231PS %s%d, %s%d, %s%d\n", v, w, v, bc+h, v, acc(h, w))
+			}
 		}
 	}
 	fmt.Fprintf(s, "\tADDQ $4, SI\n")
@@ -751,7 +768,7 @@ func %s(q *float32, hd int, kt *float32, ldk int, o *float32, ldo int, nb int)
 	if G > 3 {
 		fmt.Fprintf(s, "\tLEAQ (AX)(R9*2), R11\n\tADDQ R9, R11\n")
 	}
-	outRow := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(R11)"}
+	outRow := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(R11)", "(R11)(R9*1)", "(R11)(R9*2)"}
 	for h := 0; h < G; h++ {
 		for w := 0; w < W; w++ {
 			fmt.Fprintf(s, "\tVMOVUPS %s%d, %d%s\n", v, acc(h, w), 4*lanes*w, outRow[h])
@@ -780,8 +797,9 @@ func maxAVX(p *float32, n int) float32
 }
 
 // maxWG and maxWW are the most heads and 16-column vectors of a wsumZ
-// kernel.
-const maxWG, maxWW = 4, 4
+// kernel; maxSG the most heads of an AVX-512 score kernel (16-key vectors:
+// up to 4).
+const maxWG, maxWW, maxSG = 6, 4, 6
 
 // wsumZ writes an AVX-512 kernel for the probability-weighted sum of value
 // rows of G heads at once over W 16-column vectors: each value row is loaded
@@ -810,21 +828,37 @@ func %s(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
 	if G > 3 {
 		fmt.Fprintf(s, "\tLEAQ (SI)(R8*2), R10\n\tADDQ R8, R10\n")
 	}
-	acc := func(h, w int) int { return 8 + h*W + w }
-	for i := 8; i < 8+G*W; i++ {
+	// Past four heads one register takes each head's broadcast in turn, so
+	// six heads' 24 accumulators fit (from Z5).
+	oneBC := G > 4
+	first := 8
+	if oneBC {
+		first = 5
+	}
+	acc := func(h, w int) int { return first + h*W + w }
+	for i := first; i < first+G*W; i++ {
 		fmt.Fprintf(s, "\tVPXORD Z%d, Z%d, Z%d\n", i, i, i)
 	}
 	fmt.Fprintf(s, "\tTESTQ CX, CX\n\tJZ %s_done\n%s_loop:\n", name, name)
 	for w := 0; w < W; w++ {
 		fmt.Fprintf(s, "\tVMOVUPS %d(DI), Z%d\n", 64*w, w)
 	}
-	probSrc := []string{"(SI)", "(SI)(R8*1)", "(SI)(R8*2)", "(R10)"}
-	for h := 0; h < G; h++ {
-		fmt.Fprintf(s, "\tVBROADCASTSS %s, Z%d\n", probSrc[h], 4+h)
-	}
-	for h := 0; h < G; h++ {
-		for w := 0; w < W; w++ {
-			fmt.Fprintf(s, "\tVFMADD231PS Z%d, Z%d, Z%d\n", w, 4+h, acc(h, w))
+	probSrc := []string{"(SI)", "(SI)(R8*1)", "(SI)(R8*2)", "(R10)", "(R10)(R8*1)", "(R10)(R8*2)"}
+	if oneBC {
+		for h := 0; h < G; h++ {
+			fmt.Fprintf(s, "\tVBROADCASTSS %s, Z4\n", probSrc[h])
+			for w := 0; w < W; w++ {
+				fmt.Fprintf(s, "\tVFMADD231PS Z%d, Z4, Z%d\n", w, acc(h, w))
+			}
+		}
+	} else {
+		for h := 0; h < G; h++ {
+			fmt.Fprintf(s, "\tVBROADCASTSS %s, Z%d\n", probSrc[h], 4+h)
+		}
+		for h := 0; h < G; h++ {
+			for w := 0; w < W; w++ {
+				fmt.Fprintf(s, "\tVFMADD231PS Z%d, Z%d, Z%d\n", w, 4+h, acc(h, w))
+			}
 		}
 	}
 	fmt.Fprintf(s, "\tADDQ $4, SI\n")
@@ -836,7 +870,7 @@ func %s(p *float32, ldp int, v *float32, ldv, n int, o *float32, ldo int)
 	if G > 3 {
 		fmt.Fprintf(s, "\tLEAQ (AX)(R9*2), R11\n\tADDQ R9, R11\n")
 	}
-	outRow := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(R11)"}
+	outRow := []string{"(AX)", "(AX)(R9*1)", "(AX)(R9*2)", "(R11)", "(R11)(R9*1)", "(R11)(R9*2)"}
 	for h := 0; h < G; h++ {
 		for w := 0; w < W; w++ {
 			fmt.Fprintf(s, "\tVMOVUPS Z%d, %d%s\n", acc(h, w), 64*w, outRow[h])

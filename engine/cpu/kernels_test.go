@@ -592,7 +592,7 @@ func TestExpSum(t *testing.T) {
 func TestWsumG(t *testing.T) {
 	rng := rand.New(rand.NewPCG(17, 18))
 	for name, ks := range kernelSets(t) {
-		for _, G := range []int{1, 2, 3, 4, 5, 9} {
+		for _, G := range []int{1, 2, 3, 4, 5, 6, 9, 12} {
 			for _, hd := range []int{8, 16, 24, 64, 100, 128} {
 				for _, n := range []int{0, 1, 7, 33} {
 					ldv, ldp, ldo := hd+5, n+3, hd+2
@@ -623,7 +623,7 @@ func TestWsumG(t *testing.T) {
 func TestScoresKT(t *testing.T) {
 	rng := rand.New(rand.NewPCG(19, 20))
 	sets := kernelSets(t)
-	for _, G := range []int{1, 2, 3, 4, 5, 9} {
+	for _, G := range []int{1, 2, 3, 4, 5, 6, 9, 12} {
 		for _, hd := range []int{1, 16, 24, 64, 128} {
 			for _, nb := range []int{1, 2, 3, 4, 5, 9} {
 				ldk, ldo := 16*nb+7, 16*nb+3
