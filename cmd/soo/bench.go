@@ -190,6 +190,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		a := synth.Adapter(m.Config, fmt.Sprintf("a%d", i), *loraRank, mods, uint64(i+1))
 		if *loraDType == "bf16" {
 			synth.RoundBF16(a)
+			a.CompactBF16()
 		}
 		ads = append(ads, a)
 	}

@@ -3,8 +3,6 @@ package cpu_test
 import (
 	"context"
 	"fmt"
-	"github.com/sooserve/sooserve/engine/safetensors"
-	"math"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -15,6 +13,7 @@ import (
 	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/internal/refcase"
+	"github.com/sooserve/sooserve/internal/synth"
 )
 
 const logitTol = 1e-4
@@ -215,18 +214,7 @@ func bf16Copy(t *testing.T, td string, cfg *model.Config, compact bool) *lora.Ad
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mods := range a.Layers {
-		for _, p := range mods {
-			if p == nil {
-				continue
-			}
-			for _, v := range [][]float32{p.A, p.B} {
-				for i, f := range v {
-					v[i] = math.Float32frombits(uint32(safetensors.F32ToBF16(f)) << 16)
-				}
-			}
-		}
-	}
+	synth.RoundBF16(a)
 	if compact {
 		if n := a.CompactBF16(); n == 0 {
 			t.Fatal("CompactBF16 set no pair")

@@ -47,6 +47,7 @@ func TestCPUParity(t *testing.T) {
 			a := loadAdapter(t, xe, adir)
 			if tc.bf16 {
 				synth.RoundBF16(a)
+				a.CompactBF16()
 			}
 			cfg := xe.Config()
 			m := modelOf(t, tc.model)

@@ -181,9 +181,9 @@ func Adapter(cfg *model.Config, name string, r int, modules []model.Module, seed
 	return a
 }
 
-// RoundBF16 rounds every value of a's A and B to the nearest bf16 value and
-// gives its pairs bf16 copies (lora.Adapter.CompactBF16), as loading the
-// adapter from a bf16 file would: for benchmarks of bf16-stored adapters.
+// RoundBF16 rounds every value of a's A and B to the nearest bf16 value,
+// as storing the adapter in bf16 would; a.CompactBF16 then gives its pairs
+// the bf16 copies that loading it from a bf16 file gives.
 func RoundBF16(a *lora.Adapter) {
 	for _, mods := range a.Layers {
 		for _, p := range mods {
@@ -197,5 +197,4 @@ func RoundBF16(a *lora.Adapter) {
 			}
 		}
 	}
-	a.CompactBF16()
 }
