@@ -769,7 +769,8 @@ func (st *step) attention(l int, q, out []float32) {
 			span0, nspan := loMin-lo16, posMax+1-loMin
 			for b := range T {
 				pos := pos0 + b
-				off, nk := lo(pos)-lo16, pos+1-lo(pos)
+				lb := lo(pos)
+				off, nk := lb-lo16, pos+1-lb
 				for g := range group {
 					r := b*group + g
 					row := scores[r*ldo : (r+1)*ldo]
