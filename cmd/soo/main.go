@@ -25,6 +25,7 @@ var commands = map[string]command{
 	"eval":    {"deception benchmark (PAPER §4-7) against any OpenAI-compatible endpoint", runEval},
 	"load":    {"load test: concurrent streaming clients against a local server (tokens/s, TTFT, inter-token latency)", runLoad},
 	"overlap": {"latent self/other overlap (PAPER §7 probe) by layer, for a model and its adapters", runOverlap},
+	"probe":   {"decision-site analysis: per layer and site, a conflict-vs-self probe and its alignment with the SOO pairs", runProbe},
 	"rl":      {"RL experiment (PAPER §8): train, soo-finetune, eval MADDPG agents", runRL},
 	"train":   {"SOO fine-tuning: train a LoRA adapter on self/other pairs (PAPER §1-3)", runTrain},
 }
