@@ -3,17 +3,22 @@ package adapters
 import (
 	"errors"
 	"fmt"
+
+	"github.com/sooserve/sooserve/internal/depend"
 )
 
 // Kinds of adapter errors. Every error the registry, the stores and the
-// upload parser return wraps exactly one of them, so callers (the HTTP
+// upload parser return wraps at most one of them, so callers (the HTTP
 // server) map them to statuses with errors.Is: ErrInvalid 400, ErrNotFound
-// 404, ErrExists 409, ErrTooLarge 413; anything else is an internal failure.
+// 404, ErrExists 409, ErrTooLarge 413, ErrUnavailable 503 (the store's Redis
+// is down or stalled; the error names the dependency); anything else is an
+// internal failure.
 var (
-	ErrInvalid  = errors.New("invalid adapter")
-	ErrNotFound = errors.New("adapter not found")
-	ErrExists   = errors.New("adapter already exists")
-	ErrTooLarge = errors.New("adapter too large")
+	ErrInvalid     = errors.New("invalid adapter")
+	ErrNotFound    = errors.New("adapter not found")
+	ErrExists      = errors.New("adapter already exists")
+	ErrTooLarge    = errors.New("adapter too large")
+	ErrUnavailable = depend.ErrUnavailable
 )
 
 // Error is a typed adapter error: Kind is one of ErrInvalid, ErrNotFound,
@@ -60,5 +65,6 @@ func exists(name string) *Error {
 
 // IsTyped reports whether err wraps one of the error kinds of this package.
 func IsTyped(err error) bool {
-	return errors.Is(err, ErrInvalid) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.Is(err, ErrTooLarge)
+	return errors.Is(err, ErrInvalid) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.Is(err, ErrTooLarge) ||
+		errors.Is(err, ErrUnavailable)
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -57,7 +58,9 @@ func (c *Config) Targets() ([]string, error) {
 	return nil, invalid("target_modules must be a list of module names, got %s", c.TargetModules)
 }
 
-// ParseConfig decodes and checks adapter_config.json.
+// ParseConfig decodes and checks adapter_config.json. A configuration
+// without lora_alpha gets DefaultAlpha, as PEFT reads it; one whose
+// lora_alpha is not in (0, MaxAlpha] is rejected.
 func ParseConfig(data []byte) (*Config, error) {
 	var c Config
 	if err := json.Unmarshal(data, &c); err != nil {
@@ -74,6 +77,15 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	if c.R <= 0 {
 		return nil, invalid("adapters: %s: r must be positive, got %d", ConfigFile, c.R)
+	}
+	var alpha struct {
+		Set *float64 `json:"lora_alpha"`
+	}
+	if json.Unmarshal(data, &alpha) == nil && alpha.Set == nil {
+		c.LoRAAlpha = DefaultAlpha // PEFT reads a config without lora_alpha so
+	}
+	if err := checkAlpha(c.LoRAAlpha); err != nil {
+		return nil, err
 	}
 	if len(c.RankPattern) > 0 || len(c.AlphaPattern) > 0 {
 		return nil, invalid("adapters: %s: rank_pattern/alpha_pattern are not supported", ConfigFile)
@@ -97,12 +109,58 @@ func ParseConfig(data []byte) (*Config, error) {
 	return &c, nil
 }
 
+// DefaultAlpha is the lora_alpha of a configuration that gives none (PEFT's
+// LoraConfig default).
+const DefaultAlpha = 8
+
+// MaxAlpha bounds lora_alpha. Published recipes use 8 to 512 (the SOO paper
+// 8 and 32; alpha = r or 2r for r up to 256); 65536 leaves two orders of
+// magnitude above them, and keeps the scale alpha/r (or alpha/sqrt(r))
+// comfortably inside float32. A larger alpha only serves to overflow the
+// activations (lora_alpha 1e308 made the scale +Inf and every logit NaN).
+const MaxAlpha = 1 << 16
+
+// Bounds on an adapter's weights, checked when it is bound (every upload,
+// directory load and store load).
+//
+// The update a LoRA pair adds to a module's output is ΔW x with ΔW = scale·B·A,
+// and ‖ΔW x‖ ≤ ‖ΔW‖₂‖x‖ ≤ scale·‖B‖_F·‖A‖_F·‖x‖: the product bounds how many
+// times the update can amplify a hidden state. Real adapters measure in the
+// ones to hundreds (the PEFT fixtures under testdata 0.9 to 2.3; even a
+// random adapter of standard deviation 0.5 on SmolLM2-135M, which scrambles
+// the model, about 2e3), so MaxUpdateNorm = 1e5 rejects none of them, while
+// an update that could multiply a hidden state by more than 1e5 is
+// numerical garbage (weights of 1e30 gave NaN logits). The Frobenius
+// product can overestimate ‖ΔW‖₂ by up to a factor r, which the margin
+// covers for every rank this server accepts.
+//
+// MaxFactorNorm bounds ‖A‖_F and ‖B‖_F each, for the degenerate pairs the
+// product misses: lora_A of 1e30 with lora_B all zeros has a zero update in
+// exact arithmetic, but A·x overflows to Inf in float32 and 0·Inf is NaN.
+// Trained factors measure about 0.1 to 100 (lora_A starts at a Kaiming
+// initialisation of norm about sqrt(r/3)).
+const (
+	MaxUpdateNorm = 1e5
+	MaxFactorNorm = 1e4
+)
+
+// checkAlpha rejects a lora_alpha that is not a finite number in
+// (0, MaxAlpha].
+func checkAlpha(alpha float64) error {
+	if math.IsNaN(alpha) || math.IsInf(alpha, 0) || alpha <= 0 || alpha > MaxAlpha {
+		return invalid("adapters: %s: lora_alpha must be a finite number in (0, %d], got %g (published recipes use 8 to 512; a larger scale only overflows the activations)",
+			ConfigFile, MaxAlpha, alpha)
+	}
+	return nil
+}
+
 var keyRE = regexp.MustCompile(`^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_([AB])(?:\.default)?\.weight$`)
 
 // Bind checks adapter tensors against the base model and builds the engine's
 // in-memory adapter. Every tensor must be a LoRA A/B of a target module of a
-// layer the model has, with the right shape; anything else is an error that
-// names it. The adapter's weights are copies: src may be closed afterwards.
+// layer the model has, with the right shape, finite values and norms within
+// MaxFactorNorm and MaxUpdateNorm; anything else is an error that names it.
+// The adapter's weights are copies: src may be closed afterwards.
 func Bind(name string, cfg *Config, src model.TensorSource, names []string, base *model.Config) (*lora.Adapter, error) {
 	p, err := checkTensors(name, cfg, src, names, base)
 	if err != nil {
@@ -204,19 +262,35 @@ func checkTensors(name string, cfg *Config, src model.TensorSource, names []stri
 	return p, nil
 }
 
-// bind reads the values of p's matrices (all of them finite) into the
-// engine's adapter. With alias set, F32 matrices are not copied where the
-// machine allows it: the adapter then shares the memory of the tensors'
-// data, which must not change afterwards.
+// bind reads the values of p's matrices (all of them finite, with norms
+// within MaxFactorNorm and MaxUpdateNorm) into the engine's adapter. With
+// alias set, F32 matrices are not copied where the machine allows it: the
+// adapter then shares the memory of the tensors' data, which must not
+// change afterwards.
 func (p *plan) bind(alias bool) (*lora.Adapter, error) {
 	cfg, base := p.cfg, p.base
 	a := &lora.Adapter{Name: p.name, Rank: cfg.R, Alpha: cfg.LoRAAlpha, RSLoRA: cfg.UseRSLoRA,
 		Modules: slices.Clone(p.modules), Layers: make([][model.NumModules]*lora.Pair, base.Layers)}
+	if err := checkAlpha(cfg.LoRAAlpha); err != nil {
+		return nil, err
+	}
 	scale := lora.Scale(cfg.LoRAAlpha, cfg.R, cfg.UseRSLoRA)
+	// ns[layer][module] are the Frobenius norms of lora_A and lora_B and
+	// their tensors' names.
+	type norms struct {
+		a, b       float64
+		aKey, bKey string
+	}
+	ns := make([][model.NumModules]norms, base.Layers)
 	for _, m := range p.matrices {
-		vals, err := decodeFinite(m.key, m.t, alias)
+		vals, sq, err := decodeNorm(m.key, m.t, alias)
 		if err != nil {
 			return nil, err
+		}
+		norm := math.Sqrt(sq)
+		if norm > MaxFactorNorm {
+			return nil, invalid("adapters: %s has Frobenius norm %.3g, more than the limit of %g (trained LoRA factors measure about 0.1 to 100; values this large overflow the activations)",
+				m.key, norm, float64(MaxFactorNorm))
 		}
 		pair := a.Layers[m.layer][m.mod]
 		if pair == nil {
@@ -224,10 +298,19 @@ func (p *plan) bind(alias bool) (*lora.Adapter, error) {
 			pair = &lora.Pair{R: cfg.R, In: in, Out: out, Scale: scale}
 			a.Layers[m.layer][m.mod] = pair
 		}
+		n := &ns[m.layer][m.mod]
 		if m.isB {
-			pair.B = vals
+			pair.B, n.b, n.bKey = vals, norm, m.key
 		} else {
-			pair.A = vals
+			pair.A, n.a, n.aKey = vals, norm, m.key
+		}
+	}
+	for l := range ns {
+		for mod, n := range ns[l] {
+			if g := float64(scale) * n.b * n.a; g > MaxUpdateNorm {
+				return nil, invalid("adapters: layer %d %s: the update's scale·‖B‖_F·‖A‖_F is %.3g (scale %g, ‖B‖_F %.3g in %s, ‖A‖_F %.3g in %s), more than the limit of %g: it bounds how much the update can amplify a hidden state, and real adapters measure in the ones to hundreds",
+					l, model.Module(mod), g, scale, n.b, n.bKey, n.a, n.aKey, float64(MaxUpdateNorm))
+			}
 		}
 	}
 	if err := a.Validate(base); err != nil {

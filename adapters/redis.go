@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sooserve/sooserve/internal/depend"
 )
 
 // RedisStore keeps adapters in Redis so several replicas share them:
@@ -36,10 +38,16 @@ const DefaultRedisPrefix = "soo:adapters:"
 
 // OpenRedis connects to url (redis://host:port/db) and checks the
 // connection. prefix "" means DefaultRedisPrefix.
+//
+// Calls are bounded as depend.RedisOptions bounds them (a few hundred
+// milliseconds, unless the URL sets its own timeouts), except the transfers
+// of adapter files, whose time grows with their size (transferTimeout). A
+// Redis that is down or stalled makes the store's methods fail with an
+// error wrapping ErrUnavailable that names Redis.
 func OpenRedis(ctx context.Context, url, prefix string, log *slog.Logger) (*RedisStore, error) {
-	opt, err := redis.ParseURL(url)
+	opt, err := depend.RedisOptions(url)
 	if err != nil {
-		return nil, fmt.Errorf("adapters: redis url: %w", err)
+		return nil, fmt.Errorf("adapters: %w", err)
 	}
 	if prefix == "" {
 		prefix = DefaultRedisPrefix
@@ -50,7 +58,7 @@ func OpenRedis(ctx context.Context, url, prefix string, log *slog.Logger) (*Redi
 	c := redis.NewClient(opt)
 	if err := c.Ping(ctx).Err(); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("adapters: redis %s: %w", opt.Addr, err)
+		return nil, fmt.Errorf("adapters: redis %s: %w", opt.Addr, depend.Classify("redis", err))
 	}
 	return &RedisStore{c: c, prefix: prefix, log: log}, nil
 }
@@ -65,18 +73,42 @@ func decodeRecord(b string) (Record, error) {
 	err := json.Unmarshal([]byte(b), &r)
 	return r, err
 }
+
+// wrap adds op to a failed call's error; a Redis that is down or stalled
+// becomes an ErrUnavailable error naming Redis.
 func (s *RedisStore) wrap(op string, err error) error {
 	if err == nil || IsTyped(err) {
 		return err
 	}
-	return fmt.Errorf("adapters: redis %s: %w", op, err)
+	return fmt.Errorf("adapters: redis %s: %w", op, depend.Classify("redis", err))
 }
 
-// update runs fn in a WATCH transaction on the index, retrying when
-// another replica changed it meanwhile.
-func (s *RedisStore) update(ctx context.Context, fn func(tx *redis.Tx, all map[string]string) error) error {
+// Transfers of adapter files may take longer than the bounds of small
+// calls: their timeout is transferTimeout, the client's timeout plus the
+// time to move n bytes at transferRate (a slow link; loopback is 100 times
+// faster), so a stalled Redis still fails them in bounded time.
+const transferRate = 8 << 20 // bytes per second
+
+// transfer returns a client sharing s.c's connections whose read and write
+// timeouts allow moving n bytes (s.c itself when it has no timeouts).
+func (s *RedisStore) transfer(n int64) *redis.Client {
+	rt := s.c.Options().ReadTimeout
+	if rt <= 0 {
+		return s.c
+	}
+	return s.c.WithTimeout(transferTimeout(rt, n))
+}
+
+// transferTimeout is base plus the time n bytes take at transferRate.
+func transferTimeout(base time.Duration, n int64) time.Duration {
+	return max(base, 0) + time.Duration(float64(n)/transferRate*float64(time.Second))
+}
+
+// update runs fn in a WATCH transaction on the index with client c (s.c or
+// a transfer client), retrying when another replica changed it meanwhile.
+func (s *RedisStore) update(ctx context.Context, c *redis.Client, fn func(tx *redis.Tx, all map[string]string) error) error {
 	for range 20 {
-		err := s.c.Watch(ctx, func(tx *redis.Tx) error {
+		err := c.Watch(ctx, func(tx *redis.Tx) error {
 			all, err := tx.HGetAll(ctx, s.index()).Result()
 			if err != nil {
 				return err
@@ -130,7 +162,7 @@ func (s *RedisStore) Put(ctx context.Context, rec Record, f Files, replace bool)
 	if err != nil {
 		return Record{}, fmt.Errorf("adapters: put %s: %w", rec.Name, err)
 	}
-	err = s.update(ctx, func(tx *redis.Tx, all map[string]string) error {
+	err = s.update(ctx, s.transfer(rec.Size), func(tx *redis.Tx, all map[string]string) error {
 		oldJS, had := all[rec.Name]
 		if had && !replace {
 			return exists(rec.Name)
@@ -185,7 +217,7 @@ func (s *RedisStore) Load(ctx context.Context, name string) (Record, Files, erro
 		if err != nil {
 			return Record{}, Files{}, err
 		}
-		vals, err := s.c.MGet(ctx, s.blob(rec.SHA256), s.blob(rec.ConfigSHA256)).Result()
+		vals, err := s.transfer(rec.Size).MGet(ctx, s.blob(rec.SHA256), s.blob(rec.ConfigSHA256)).Result()
 		if err != nil {
 			return Record{}, Files{}, s.wrap("load "+name, err)
 		}
@@ -225,7 +257,7 @@ func (s *RedisStore) List(ctx context.Context) ([]Record, error) {
 
 // Delete implements Store.
 func (s *RedisStore) Delete(ctx context.Context, name string) error {
-	err := s.update(ctx, func(tx *redis.Tx, all map[string]string) error {
+	err := s.update(ctx, s.c, func(tx *redis.Tx, all map[string]string) error {
 		js, ok := all[name]
 		if !ok {
 			return notFound(name)

@@ -57,7 +57,9 @@ func (l Limits) withDefaults() Limits {
 // modules_to_save, embedding LoRA, bias and unknown target modules are
 // rejected by name), the rank limit, the safetensors container, every
 // tensor's dtype (F32, F16, BF16), name and shape ([r, in] for lora_A,
-// [out, r] for lora_B) and that every value is finite. Every error wraps
+// [out, r] for lora_B), that every value is finite and that the weights'
+// magnitudes are within MaxFactorNorm and MaxUpdateNorm (lora_alpha within
+// (0, MaxAlpha] is a check of the configuration). Every error wraps
 // ErrInvalid or ErrTooLarge. The adapter's weights are copies of f's.
 func Validate(name string, f Files, base *model.Config, lim Limits) (*lora.Adapter, *Config, error) {
 	p, err := prepare(name, f, base, lim)

@@ -12,6 +12,15 @@
 //     all zeros);
 //   - self_norm, other_norm: the L2 norms of the pooled values.
 //
+// Activations that hold a NaN or an infinity (a numerically broken adapter
+// or model) make the values that depend on them non-finite. JSON has no
+// such numbers: a LayerResult writes each non-finite value as null and adds
+// "nonfinite", a reason naming the prompt(s) whose activations were not
+// finite ({"layer": 3, "site": "attn_out", "mse": null, "log_mse": null,
+// "cosine": null, "self_norm": null, "other_norm": 4.2, "nonfinite": "..."});
+// finite results carry no "nonfinite" key, so existing clients see what
+// they always saw. Reading such JSON back gives NaN for each null.
+//
 // With "mean" and "last" pooling the pooled values are d-vectors. With "full"
 // pooling they are the zero-padded [max(Ts,To), d] matrices, flattened: cosine
 // is the cosine of the flattened matrices and the norms are their Frobenius
@@ -35,6 +44,7 @@ package overlap
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -195,7 +205,8 @@ func (s Spec) Points() []engine.Point {
 // then call Compute or MeasureTwin).
 func (s Spec) Capture() *engine.Capture { return &engine.Capture{Points: s.Points()} }
 
-// LayerResult is the overlap at one (layer, site).
+// LayerResult is the overlap at one (layer, site). Its JSON writes a
+// non-finite value as null, with NonFinite saying why (see the package doc).
 type LayerResult struct {
 	Layer     int     `json:"layer"`
 	Site      string  `json:"site"`
@@ -204,6 +215,70 @@ type LayerResult struct {
 	Cosine    float64 `json:"cosine"`
 	SelfNorm  float64 `json:"self_norm"`
 	OtherNorm float64 `json:"other_norm"`
+	// NonFinite, when set, says why some of the values are not finite
+	// (NaN or infinite activations); "" when every value is finite.
+	NonFinite string `json:"nonfinite,omitempty"`
+}
+
+// layerWire is the JSON form of a LayerResult: a null is a value that is
+// not finite.
+type layerWire struct {
+	Layer     int      `json:"layer"`
+	Site      string   `json:"site"`
+	MSE       *float64 `json:"mse"`
+	LogMSE    *float64 `json:"log_mse"`
+	Cosine    *float64 `json:"cosine"`
+	SelfNorm  *float64 `json:"self_norm"`
+	OtherNorm *float64 `json:"other_norm"`
+	NonFinite string   `json:"nonfinite,omitempty"`
+}
+
+// orNull returns &v, or nil (JSON null) when v is NaN or infinite.
+func orNull(v float64) *float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return nil
+	}
+	return &v
+}
+
+// orNaN returns *p, or NaN for a JSON null.
+func orNaN(p *float64) float64 {
+	if p == nil {
+		return math.NaN()
+	}
+	return *p
+}
+
+// Finite reports whether every value of l is finite.
+func (l LayerResult) Finite() bool {
+	for _, v := range [...]float64{l.MSE, l.LogMSE, l.Cosine, l.SelfNorm, l.OtherNorm} {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// MarshalJSON writes l with null for each value that is not finite, and a
+// "nonfinite" reason whenever there is one.
+func (l LayerResult) MarshalJSON() ([]byte, error) {
+	w := layerWire{Layer: l.Layer, Site: l.Site, MSE: orNull(l.MSE), LogMSE: orNull(l.LogMSE), Cosine: orNull(l.Cosine),
+		SelfNorm: orNull(l.SelfNorm), OtherNorm: orNull(l.OtherNorm), NonFinite: l.NonFinite}
+	if w.NonFinite == "" && !l.Finite() {
+		w.NonFinite = "a value is not finite (NaN or infinite activations)"
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON reads what MarshalJSON writes: a null value is NaN.
+func (l *LayerResult) UnmarshalJSON(b []byte) error {
+	var w layerWire
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*l = LayerResult{Layer: w.Layer, Site: w.Site, MSE: orNaN(w.MSE), LogMSE: orNaN(w.LogMSE), Cosine: orNaN(w.Cosine),
+		SelfNorm: orNaN(w.SelfNorm), OtherNorm: orNaN(w.OtherNorm), NonFinite: w.NonFinite}
+	return nil
 }
 
 // Result is the overlap of one self/other pair (DESIGN.md §5).
@@ -212,6 +287,16 @@ type Result struct {
 	Layers      []LayerResult `json:"layers"`
 	SelfTokens  int           `json:"self_tokens"`
 	OtherTokens int           `json:"other_tokens"`
+}
+
+// Finite reports whether every value of every entry of r is finite.
+func (r *Result) Finite() bool {
+	for _, l := range r.Layers {
+		if !l.Finite() {
+			return false
+		}
+	}
+	return true
 }
 
 // MeanMSE returns the mean of the MSE over the result's entries (over all
@@ -292,7 +377,43 @@ func Compare(S, O engine.Tensor2D, p Pooling) (LayerResult, error) {
 	if ss > 0 && oo > 0 {
 		r.Cosine = dot / (r.SelfNorm * r.OtherNorm)
 	}
+	// Finite float32 activations give finite float64 sums (a square is at
+	// most 1.2e77), so a non-finite sum means a NaN or an infinity among
+	// the compared values.
+	if !finite(sq) || !finite(dot) || !finite(ss) || !finite(oo) {
+		if !finite(dot) || !finite(ss) || !finite(oo) {
+			r.Cosine = math.NaN() // not the 0 of "either is all zeros"
+		}
+		r.NonFinite = nonFiniteReason(S, O, p)
+	}
 	return r, nil
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// nonFiniteReason says which of S and O hold NaN or infinite values in the
+// part that pooling p compares.
+func nonFiniteReason(S, O engine.Tensor2D, p Pooling) string {
+	count := func(t engine.Tensor2D) string {
+		v := t.Data
+		if p == PoolLast {
+			v = t.Row(t.Rows - 1)
+		}
+		var nan, inf int
+		for _, x := range v {
+			switch {
+			case x != x:
+				nan++
+			case math.IsInf(float64(x), 0):
+				inf++
+			}
+		}
+		if nan+inf == 0 {
+			return "finite"
+		}
+		return fmt.Sprintf("%d NaN and %d infinite of %d values", nan, inf, len(v))
+	}
+	return fmt.Sprintf("non-finite activations (self: %s; other: %s); the adapter or the weights are numerically broken", count(S), count(O))
 }
 
 func meanRows(t engine.Tensor2D) []float64 {

@@ -2,6 +2,7 @@ package overlap
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/sooserve/sooserve/engine"
@@ -79,13 +80,60 @@ type ProbeOptions struct {
 }
 
 // ProbeResult is the latent SOO of a model (or model + adapter): the MSE per
-// layer averaged over the probe pairs, and its mean over layers.
+// layer averaged over the probe pairs, and its mean over layers. Its JSON
+// writes a value that is not finite as null and adds "nonfinite", naming
+// the layers (as LayerResult does).
 type ProbeResult struct {
 	Site    string    `json:"site"`
 	Pooling Pooling   `json:"pooling"`
 	Pairs   int       `json:"pairs"`
 	Layers  []float64 `json:"layers"` // Layers[l] = mean over pairs of the MSE at layer l
 	Mean    float64   `json:"mean"`   // mean of Layers
+}
+
+// probeWire is the JSON form of a ProbeResult.
+type probeWire struct {
+	Site      string     `json:"site"`
+	Pooling   Pooling    `json:"pooling"`
+	Pairs     int        `json:"pairs"`
+	Layers    []*float64 `json:"layers"`
+	Mean      *float64   `json:"mean"`
+	NonFinite string     `json:"nonfinite,omitempty"`
+}
+
+// MarshalJSON writes r with null for each value that is not finite and a
+// "nonfinite" reason naming the layers.
+func (r ProbeResult) MarshalJSON() ([]byte, error) {
+	w := probeWire{Site: r.Site, Pooling: r.Pooling, Pairs: r.Pairs, Mean: orNull(r.Mean)}
+	var bad []int
+	if r.Layers != nil {
+		w.Layers = make([]*float64, len(r.Layers))
+	}
+	for l, v := range r.Layers {
+		if w.Layers[l] = orNull(v); w.Layers[l] == nil {
+			bad = append(bad, l)
+		}
+	}
+	if len(bad) > 0 || w.Mean == nil {
+		w.NonFinite = fmt.Sprintf("the MSE is not finite at layers %v (NaN or infinite activations); the adapter or the weights are numerically broken", bad)
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON reads what MarshalJSON writes: a null value is NaN.
+func (r *ProbeResult) UnmarshalJSON(b []byte) error {
+	var w probeWire
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*r = ProbeResult{Site: w.Site, Pooling: w.Pooling, Pairs: w.Pairs, Mean: orNaN(w.Mean)}
+	if w.Layers != nil {
+		r.Layers = make([]float64, len(w.Layers))
+	}
+	for l, p := range w.Layers {
+		r.Layers[l] = orNaN(p)
+	}
+	return nil
 }
 
 // Probe measures the latent SOO over pairs (usually ProbePairs, encoded) at

@@ -202,14 +202,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 // Observe records every (layer, site) of r under adapter ("" for the base).
+// A value that is not finite is not observed: a NaN would make the
+// histogram's sum NaN for good.
 func (m *Metrics) Observe(adapter string, r *Result) {
 	if adapter == "" {
 		adapter = "base"
 	}
 	for _, l := range r.Layers {
 		layer := strconv.Itoa(l.Layer)
-		m.MSE.WithLabelValues(adapter, layer, l.Site).Observe(l.MSE)
-		m.Cosine.WithLabelValues(adapter, layer, l.Site).Observe(l.Cosine)
+		if finite(l.MSE) {
+			m.MSE.WithLabelValues(adapter, layer, l.Site).Observe(l.MSE)
+		}
+		if finite(l.Cosine) {
+			m.Cosine.WithLabelValues(adapter, layer, l.Site).Observe(l.Cosine)
+		}
 	}
 }
 

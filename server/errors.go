@@ -5,24 +5,31 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
+	"syscall"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/sooserve/sooserve/engine/sched"
+	"github.com/sooserve/sooserve/internal/depend"
 )
 
 // Error types of the envelope, by status (DESIGN §3).
 const (
-	TypeInvalidRequest = "invalid_request_error" // 400
-	TypeAuthentication = "authentication_error"  // 401
-	TypeNotFound       = "not_found_error"       // 404
-	TypeConflict       = "conflict_error"        // 409
-	TypeTooLarge       = "request_too_large"     // 413
-	TypeRateLimit      = "rate_limit_error"      // 429
-	TypeServer         = "server_error"          // 500
-	TypeUnavailable    = "service_unavailable"   // 503 (loading, shutting down)
+	TypeInvalidRequest = "invalid_request_error"  // 400
+	TypeAuthentication = "authentication_error"   // 401
+	TypePermission     = "permission_error"       // 403 (a cross-origin request without an API key)
+	TypeNotFound       = "not_found_error"        // 404
+	TypeConflict       = "conflict_error"         // 409
+	TypeTooLarge       = "request_too_large"      // 413
+	TypeUnsupported    = "unsupported_media_type" // 415 (content type or encoding)
+	TypeRateLimit      = "rate_limit_error"       // 429
+	TypeServer         = "server_error"           // 500
+	TypeUnavailable    = "service_unavailable"    // 503 (loading, shutting down, a dependency down)
+	TypeStorage        = "insufficient_storage"   // 507 (disk full, over quota, read-only)
 )
 
 // Error is an API error: an HTTP status and the fields of the OpenAI error
@@ -83,11 +90,52 @@ func nullable(s string) *string {
 	return &s
 }
 
-// Envelope returns the JSON envelope of e.
+// Envelope returns the JSON envelope of e. The message and param are cut to
+// maxMessage and maxParam bytes, so no error echoes a client's string at
+// length.
 func (e *Error) Envelope() []byte {
-	b, _ := json.Marshal(envelope{envelopeBody{Message: e.Message, Type: e.Type, Param: nullable(e.Param), Code: nullable(e.Code)}})
+	b, _ := json.Marshal(envelope{envelopeBody{Message: clipTo(e.Message, maxMessage), Type: e.Type,
+		Param: nullable(clipTo(e.Param, maxParam)), Code: nullable(e.Code)}})
 	return b
 }
+
+// Lengths that error texts are cut to.
+const (
+	maxMessage = 512 // bytes of an envelope's message
+	maxParam   = 128 // bytes of an envelope's param
+	maxEcho    = 64  // bytes of a client string quoted in a message (see clip)
+	maxLogged  = 2048
+)
+
+// clip cuts a client's string for quoting in a message: to maxEcho bytes,
+// or n[0] when given (see clipTo).
+func clip(s string, n ...int) string {
+	if len(n) > 0 {
+		return clipTo(s, n[0])
+	}
+	return clipTo(s, maxEcho)
+}
+
+// clipTo returns s cut to at most n bytes at a UTF-8 boundary, ending in
+// "…" when cut.
+func clipTo(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const ellipsis = "…"
+	cut := max(n-len(ellipsis), 0)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + ellipsis
+}
+
+// clippedErr logs an error's text cut to maxLogged bytes (computed only when
+// the record is logged).
+type clippedErr struct{ err error }
+
+// LogValue implements slog.LogValuer.
+func (c clippedErr) LogValue() slog.Value { return slog.StringValue(clipTo(c.err.Error(), maxLogged)) }
 
 // AsAPIError maps any error to an *Error: *Error values pass through, the
 // scheduler's and fiber's errors get their statuses, anything else is a 500
@@ -105,12 +153,48 @@ func AsAPIError(err error) *Error {
 		return &Error{Status: http.StatusServiceUnavailable, Type: TypeUnavailable, Code: "shutting_down", Message: "the server is shutting down", Err: err}
 	case errors.Is(err, sched.ErrInvalid):
 		return &Error{Status: http.StatusBadRequest, Type: TypeInvalidRequest, Message: err.Error(), Err: err}
+	case errors.Is(err, sched.ErrNonFinite):
+		return &Error{Status: http.StatusInternalServerError, Type: TypeServer, Code: "non_finite_logits",
+			Message: "the model produced non-finite logits (NaN/Inf); the adapter or weights are numerically broken", Err: err}
+	case errors.Is(err, depend.ErrUnavailable):
+		return dependencyError(err)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EROFS):
+		return storageError(err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Status: http.StatusServiceUnavailable, Type: TypeUnavailable, Code: "timeout", Message: "the request timed out", Err: err}
 	case errors.As(err, &fe):
 		return fromFiber(fe)
 	}
 	return &Error{Status: http.StatusInternalServerError, Type: TypeServer, Message: "internal server error", Err: err}
+}
+
+// dependencyError is the 503 of a dependency that is down or stalled: its
+// message names the dependency and the failure ("redis is unavailable:
+// dial tcp ...: connection refused").
+func dependencyError(err error) *Error {
+	msg := "a dependency of the server is unavailable"
+	var de *depend.Error
+	if errors.As(err, &de) {
+		msg = de.Error()
+	}
+	return &Error{Status: http.StatusServiceUnavailable, Type: TypeUnavailable, Code: "dependency_unavailable", Message: msg, Err: err}
+}
+
+// storageError is the 507 of a write the server's storage refused: full
+// (ENOSPC), over quota (EDQUOT) or read-only (EROFS). The message names the
+// condition, not the path.
+func storageError(err error) *Error {
+	e := &Error{Status: http.StatusInsufficientStorage, Type: TypeStorage, Code: "storage_full", Err: err}
+	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS} {
+		if errors.Is(err, errno) {
+			if errno == syscall.EROFS {
+				e.Code = "storage_read_only"
+			}
+			e.Message = "the server cannot store this: " + errno.Error()
+			break
+		}
+	}
+	return e
 }
 
 func fromFiber(fe *fiber.Error) *Error {
@@ -131,6 +215,10 @@ func fromFiber(fe *fiber.Error) *Error {
 	case http.StatusRequestEntityTooLarge:
 		e.Type, e.Code = TypeTooLarge, "body_too_large"
 		e.Message = "request body too large"
+	case http.StatusForbidden:
+		e.Type = TypePermission
+	case http.StatusUnsupportedMediaType:
+		e.Type = TypeUnsupported
 	case http.StatusTooManyRequests:
 		e.Type = TypeRateLimit
 	case http.StatusServiceUnavailable:
@@ -150,9 +238,9 @@ func fromFiber(fe *fiber.Error) *Error {
 func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	ae := AsAPIError(err)
 	if ae.Status >= 500 {
-		s.log.Error("request failed", "method", c.Method(), "path", c.Path(), "status", ae.Status, "err", err)
+		s.log.Error("request failed", "method", c.Method(), "path", clipTo(c.Path(), maxParam), "status", ae.Status, "err", clippedErr{err})
 	} else {
-		s.log.Debug("request rejected", "method", c.Method(), "path", c.Path(), "status", ae.Status, "err", err)
+		s.log.Debug("request rejected", "method", c.Method(), "path", clipTo(c.Path(), maxParam), "status", ae.Status, "err", clippedErr{err})
 	}
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
 	return c.Status(ae.Status).Send(ae.Envelope())

@@ -205,11 +205,16 @@ func (s *Server) evalConfig(ctx context.Context, req EvalRequest) (evalsuite.Con
 	}
 	cfg := evalsuite.Config{APIKey: s.opts.APIKey, N: evalsuite.DefaultN, Seeds: []int64{0}, Mode: evalsuite.ModeChat,
 		MaxTokens: 75, Concurrency: 4, Capability: true}
+	ctxLen, ctxModel := 0, "" // the smallest context of the models
 	for i, m := range req.Models {
 		if slices.Contains(req.Models[:i], m) {
-			return evalsuite.Config{}, set, Invalid("models", "model %q given twice", m)
+			return evalsuite.Config{}, set, Invalid("models", "model %q given twice", clip(m))
 		}
-		if _, err := s.resolve(ctx, m); err != nil {
+		t, err := s.resolve(ctx, m)
+		if err == nil && t.Base != nil && (ctxModel == "" || t.Base.Context() < ctxLen) {
+			ctxLen, ctxModel = t.Base.Context(), m
+		}
+		if err != nil {
 			var ae *Error
 			if errors.As(err, &ae) && ae.Param == "model" {
 				ae.Param = "models"
@@ -261,6 +266,12 @@ func (s *Server) evalConfig(ctx context.Context, req EvalRequest) (evalsuite.Con
 	if req.MaxTokens != nil {
 		if *req.MaxTokens <= 0 {
 			return evalsuite.Config{}, set, Invalid("max_tokens", "max_tokens must be positive")
+		}
+		// Every response must fit the context beside its prompt: a larger
+		// value is refused now rather than failing every item later.
+		if ctxModel != "" && *req.MaxTokens >= ctxLen {
+			return evalsuite.Config{}, set, Invalid("max_tokens", "max_tokens is %d; it must be less than the context of %q (%d tokens), which also holds the prompt",
+				*req.MaxTokens, ctxModel, ctxLen)
 		}
 		cfg.MaxTokens = *req.MaxTokens
 	}

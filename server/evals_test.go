@@ -177,6 +177,8 @@ func TestEvalErrors(t *testing.T) {
 		{`{` + m + `,"mode":"raw"}`, "mode"},
 		{`{` + m + `,"suffix":"please"}`, "suffix"},
 		{`{` + m + `,"max_tokens":0}`, "max_tokens"},
+		{`{` + m + `,"max_tokens":2147483648}`, "max_tokens"}, // accepted, then failed every item, before
+		{`{` + m + `,"max_tokens":2048}`, "max_tokens"},       // the demo model's whole context
 		{`{` + m + `,"seeds":[]}`, "seeds"},
 		{`{` + m + `,"seeds":[1,1]}`, "seeds"},
 		{`{` + m + `,"concurrency":0}`, "concurrency"},

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"strings"
 	"time"
 
@@ -64,7 +65,7 @@ func (s *Server) drive(g *generation, fn func(ev sched.Event) error) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("generation: %w", err)
+			return fmt.Errorf("generation: %w", s.cutByShutdown(err))
 		}
 		if ev.Err != nil {
 			g.stream.Cancel()
@@ -161,18 +162,23 @@ func writeNDJSON(w *bufio.Writer, v any) error {
 }
 
 // streamError reports an error that happened after the stream began,
-// returning the status to record.
+// returning the status to record: an SSE error event in the envelope
+// followed by "data: [DONE]", or an NDJSON line {"error": "message"} as
+// Ollama writes it.
 func (s *Server) streamError(w *bufio.Writer, err error, sse bool) int {
+	err = s.cutByShutdown(err)
 	ae := AsAPIError(err)
 	if errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "client gone") {
 		return 499 // the client closed the request
 	}
 	s.log.Warn("stream failed", "status", ae.Status, "err", err)
-	raw := json.RawMessage(ae.Envelope())
 	if sse {
-		_ = writeSSE(w, raw)
+		if writeSSE(w, json.RawMessage(ae.Envelope())) == nil {
+			w.WriteString("data: [DONE]\n\n")
+			_ = w.Flush()
+		}
 	} else {
-		_ = writeNDJSON(w, raw)
+		_ = writeNDJSON(w, ollamaError{Error: ae.Message})
 	}
 	return ae.Status
 }
@@ -185,8 +191,14 @@ func newID(prefix string) string {
 }
 
 // encodePrompt tokenizes text for b; the chat template's output carries its
-// own special tokens, so it is encoded without adding BOS again.
+// own special tokens, so it is encoded without adding BOS again. A large
+// text that certainly holds more tokens than b's context is refused (413,
+// prompt_too_long) before it is tokenized (see promptBound).
 func encodePrompt(b *Base, text string, addSpecial bool) ([]int32, error) {
+	if lower, ctxLen := promptBound(b, text), b.Context(); lower > ctxLen {
+		return nil, &Error{Status: http.StatusRequestEntityTooLarge, Type: TypeTooLarge, Code: "prompt_too_long",
+			Message: fmt.Sprintf("the prompt is %d bytes, so at least %d tokens; this model's context is %d tokens", len(text), lower, ctxLen)}
+	}
 	ids, err := b.Tokenizer.Encode(text, tokenizer.EncodeOptions{AddSpecial: addSpecial, ParseSpecial: true})
 	if err != nil {
 		return nil, Invalid("", "cannot tokenize the prompt: %v", err)
@@ -197,6 +209,30 @@ func encodePrompt(b *Base, text string, addSpecial bool) ([]int32, error) {
 	return ids, nil
 }
 
+// earlyPromptBytes is the prompt size from which promptBound applies: below
+// it tokenizing costs little (about 10 ms), and a prompt that does not fit
+// gets the OpenAI-compatible 400 context_length_exceeded once counted.
+const earlyPromptBytes = 64 << 10
+
+// promptBound returns a lower bound on the tokens of a text of at least
+// earlyPromptBytes for b: ceil(len(text) / b.Tokenizer.MaxTokenBytes()),
+// the bound computed once per base; 0 for shorter texts, or when the
+// tokenizer has no bound (a normaliser may shrink the text).
+func promptBound(b *Base, text string) int {
+	if len(text) < earlyPromptBytes || b.Tokenizer == nil || b.Sched == nil || len(text) <= b.Context() {
+		return 0
+	}
+	mb := b.tokBytes.Load() - 1
+	if mb < 0 {
+		mb = int64(b.Tokenizer.MaxTokenBytes())
+		b.tokBytes.Store(mb + 1)
+	}
+	if mb <= 0 {
+		return 0
+	}
+	return int((int64(len(text)) + mb - 1) / mb)
+}
+
 // renderChat applies b's chat template.
 func renderChat(ctx context.Context, b *Base, msgs []chat.Message) (string, error) {
 	if b.Template == nil {
@@ -205,7 +241,7 @@ func renderChat(ctx context.Context, b *Base, msgs []chat.Message) (string, erro
 	text, err := b.Template.Render(ctx, msgs, chat.RenderOptions{AddGenerationPrompt: true})
 	var te *chat.TemplateError
 	if errors.As(err, &te) {
-		return "", Invalid("messages", "the chat template rejected the conversation: %s", te.Message)
+		return "", Invalid("messages", "the chat template rejected the conversation: %s", clipTo(te.Message, maxMessage/2))
 	}
 	if err != nil {
 		return "", fmt.Errorf("render chat template: %w", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/sooserve/sooserve/engine/chat"
@@ -34,6 +35,8 @@ type Base struct {
 
 	trainer *cpu.Executor // SOO training's executor when Sched runs another (nil: Sched's own)
 	closeEx func() error  // frees the serving executor's device memory (nil: nothing to free)
+
+	tokBytes atomic.Int64 // Tokenizer.MaxTokenBytes()+1 once computed (promptBound)
 }
 
 // Context returns the longest prompt plus generation this base serves.
@@ -85,7 +88,7 @@ func (s Single) Resolve(_ context.Context, name string) (Target, error) {
 	if name == s.Base.ID {
 		return Target{ID: name, Base: s.Base}, nil
 	}
-	return Target{}, fmt.Errorf("%w: %q", ErrModelNotFound, name)
+	return Target{}, fmt.Errorf("%w: %q", ErrModelNotFound, clip(name))
 }
 
 // List returns the base.
@@ -105,10 +108,10 @@ func (s *Server) resolve(ctx context.Context, name string) (Target, error) {
 	t, err := (*ms).Resolve(ctx, name)
 	if errors.Is(err, ErrModelNotFound) {
 		return Target{}, &Error{Status: http.StatusNotFound, Type: TypeNotFound, Param: "model", Code: "model_not_found",
-			Message: fmt.Sprintf("the model %q does not exist", name), Err: err}
+			Message: fmt.Sprintf("the model %q does not exist", clip(name)), Err: err}
 	}
 	if err != nil {
-		return Target{}, fmt.Errorf("resolve model %q: %w", name, err)
+		return Target{}, fmt.Errorf("resolve model %q: %w", clip(name), err)
 	}
 	return t, nil
 }

@@ -220,7 +220,7 @@ func (s *Server) ollamaChat(c *fiber.Ctx) error {
 		switch m.Role {
 		case "system", "user", "assistant", "tool":
 		default:
-			return Invalid(fmt.Sprintf("messages[%d].role", i), "messages[%d].role %q is not one of system, user, assistant, tool", i, m.Role)
+			return Invalid(fmt.Sprintf("messages[%d].role", i), "messages[%d].role %q is not one of system, user, assistant, tool", i, clip(m.Role))
 		}
 		if len(m.Images) > 0 {
 			return Invalid(fmt.Sprintf("messages[%d].images", i), "images are not supported")

@@ -80,7 +80,7 @@ func (s *Server) getModel(c *fiber.Ctx) error {
 			return c.JSON(toModelObject(m))
 		}
 	}
-	return NotFound("model", "model_not_found", "the model %q does not exist", id)
+	return NotFound("model", "model_not_found", "the model %q does not exist", clip(id))
 }
 
 // samplingFields are the request fields both OpenAI endpoints share.
@@ -165,7 +165,7 @@ func (s *Server) params(f *samplingFields, g *generation) error {
 		case "json_schema":
 			return Invalid("response_format", "response_format type \"json_schema\" is not supported; use \"json_object\"")
 		default:
-			return Invalid("response_format", "unknown response_format type %q (want text or json_object)", rf.Type)
+			return Invalid("response_format", "unknown response_format type %q (want text or json_object)", clip(rf.Type))
 		}
 	}
 	return nil
@@ -304,7 +304,7 @@ func (s *Server) messages(in []chatMessage) ([]chat.Message, error) {
 		case "":
 			return nil, Invalid(param+".role", "%s.role is required", param)
 		default:
-			return nil, Invalid(param+".role", "%s.role %q is not one of system, developer, user, assistant, tool", param, m.Role)
+			return nil, Invalid(param+".role", "%s.role %q is not one of system, developer, user, assistant, tool", param, clip(m.Role))
 		}
 		text, err := messageContent(m.Content, param)
 		if err != nil {
@@ -345,7 +345,7 @@ func messageContent(raw json.RawMessage, param string) (*string, error) {
 		var b strings.Builder
 		for j, p := range parts {
 			if p.Type != "text" {
-				return nil, Invalid(fmt.Sprintf("%s.content[%d].type", param, j), "content part type %q is not supported (text only)", p.Type)
+				return nil, Invalid(fmt.Sprintf("%s.content[%d].type", param, j), "content part type %q is not supported (text only)", clip(p.Type))
 			}
 			if p.Text == nil {
 				return nil, Invalid(fmt.Sprintf("%s.content[%d].text", param, j), "text content part without text")

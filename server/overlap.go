@@ -33,6 +33,13 @@ import (
 // "swap" builds "other" from "self" by word swap (overlap.Swap). Both prompts
 // run through the scheduler as logits-free, capture-only prefills, in one
 // step when the batch has room, through the adapter "model" names.
+//
+// A value computed from activations that are not finite (a numerically
+// broken model or adapter) is written as null, and its layer entry gets
+// "nonfinite": the reason (overlap.LayerResult), in the response, the
+// "soo" object, the records and the event stream alike; the histograms skip
+// it. Such a result is still a 200: the measurement ran, and says what it
+// found.
 
 // defaultOverlapLimit is the number of records GET /v1/overlap/requests
 // returns without a limit.
@@ -164,10 +171,26 @@ func (s *Server) recordOverlap(id string, t Target, res *overlap.Result) {
 	if t.Adapter != nil {
 		adapter = t.ID
 	}
+	if !res.Finite() {
+		// The result still goes out: its JSON writes the values as null
+		// with the reason (overlap.LayerResult), and the histograms skip them.
+		s.log.Warn("overlap with non-finite values", "id", id, "model", t.ID, "reason", firstNonFinite(res))
+	}
 	rec := overlap.NewRecord(id, t.Base.ID, adapter, res, time.Now())
 	if err := s.soo.recorder.Record(context.WithoutCancel(s.ctx), rec); err != nil {
 		s.log.Warn("overlap record not stored", "id", id, "err", err)
 	}
+}
+
+// firstNonFinite returns the reason of res's first entry that is not
+// finite, with its layer and site.
+func firstNonFinite(res *overlap.Result) string {
+	for _, l := range res.Layers {
+		if !l.Finite() {
+			return fmt.Sprintf("layer %d %s: %s", l.Layer, l.Site, l.NonFinite)
+		}
+	}
+	return ""
 }
 
 // parseSpec validates "layers", "sites" and "pooling" against b; prefix is

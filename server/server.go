@@ -8,9 +8,42 @@
 // error is a value (*Error, or an error AsAPIError maps) turned into the
 // envelope {"error":{"message","type","param","code"}} in one place,
 // errorHandler. Status and type: 400 invalid_request_error, 401
-// authentication_error, 404 not_found_error, 409 conflict_error, 413
-// request_too_large, 429 rate_limit_error, 500 server_error, 503
-// service_unavailable (code model_loading or shutting_down).
+// authentication_error, 403 permission_error, 404 not_found_error, 409
+// conflict_error, 413 request_too_large, 415 unsupported_media_type, 429
+// rate_limit_error, 500 server_error, 503 service_unavailable (code
+// model_loading, shutting_down, or dependency_unavailable with a message
+// naming the dependency, e.g. Redis), 507 insufficient_storage (code
+// storage_full or storage_read_only: the data directory refused a write).
+// A message that quotes a client's string quotes at most 64 bytes of it, and
+// no message passes 512 bytes. /health reports a failed dependency as 200
+// {"status":"degraded"} (health.go).
+//
+// Before any handler (transport.go): an unknown method, conflicting
+// Content-Length headers or Content-Length with Transfer-Encoding get a 400;
+// a body with Content-Encoding (gzip or deflate, at most 2 layers; 415
+// otherwise) is decoded as a stream whose decoded size is held to
+// Limits.MaxBodyBytes (413), and handlers see the decoded body. A prompt of
+// 64 KiB or more whose byte length proves it holds more tokens than the
+// context is refused with 413 (code prompt_too_long) before it is tokenized;
+// shorter prompts that do not fit get 400 context_length_exceeded.
+//
+// Browsers and cross-site requests: POST, PUT and PATCH bodies must be
+// application/json (415 otherwise; the adapter upload takes
+// multipart/form-data), so a web page cannot post JSON here without a CORS
+// preflight, which this server never grants. Without an API key, a
+// state-changing request (POST, PUT, PATCH, DELETE) that carries an Origin
+// header must come from the server's own origin (Host, or loopback with the
+// same port), else 403 (code cross_origin): this stops form posts and other
+// "simple" requests from pages of other sites. Clients that send no Origin
+// (SDKs, curl, other servers) are not affected. With an API key the key is
+// the protection (browsers cannot attach it across origins without a
+// preflight). Origin checks do not stop DNS rebinding; a server reachable
+// from other machines should set an API key. The Authorization scheme is
+// matched case-insensitively.
+//
+// Metrics labels come from bounded sets: the route pattern, the status, and
+// the model only when it names a served model or adapter ("unknown"
+// otherwise).
 //
 // Models are resolved through the Models interface, so an adapter registry
 // can add adapters beside the base without touching the routes. Route groups
@@ -113,6 +146,8 @@ type Server struct {
 
 	soo   sooState  // overlap records and training (overlap.go, training.go)
 	evals evalState // deception evals of the server's own models (evals.go)
+
+	health healthState // dependency checks and draining (health.go)
 }
 
 // New returns a server with its routes registered.
@@ -136,7 +171,12 @@ func New(opts Options) *Server {
 		DisableStartupMessage: true,
 		ReadTimeout:           2 * time.Minute,
 		IdleTimeout:           2 * time.Minute,
+		// fasthttp would otherwise parse a multipart body while reading it
+		// (spooling files to disk, resetting the connection when the body is
+		// not multipart); the upload handler parses it from the body.
+		DisablePreParseMultipartForm: true,
 	})
+	s.app.Server().Handler = s.guard(s.app.Server().Handler)
 	s.initSOO()
 	s.routes()
 	s.paths = map[string]bool{}
@@ -151,8 +191,10 @@ func New(opts Options) *Server {
 // routes registers every route group.
 func (s *Server) routes() {
 	s.app.Use(s.observe)
-	s.app.Get("/health", s.health)
+	s.app.Use(s.refuseWhileDraining)
+	s.app.Get("/health", s.healthRoute)
 	s.app.Use(s.auth)
+	s.app.Use(s.transport)
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	s.app.Get("/metrics", func(c *fiber.Ctx) error {
 		metrics(c.Context())
@@ -190,38 +232,65 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown stops accepting connections and waits for in-flight requests
-// (streams included) to finish; when ctx ends first, the remaining
-// generations are cancelled (their connections close as their handlers
-// return) and ctx's error is returned.
+// (streams included) to finish. From its start, requests that still arrive on
+// open connections, /health included, get 503 shutting_down.
+//
+// When ctx ends first, the remaining generations are cancelled: a stream gets
+// a final error event (code shutting_down) and, on the OpenAI routes,
+// "data: [DONE]"; a response not yet started is a 503 shutting_down. Shutdown
+// then waits up to shutdownFlush for those responses to be written and their
+// connections to close, and returns nil: cutting requests at the deadline is
+// the planned end of a grace period, not a failure. It returns an error only
+// when connections are still open after that (a client that stopped reading).
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.health.draining.Store(true)
 	s.ready.Store(false)
 	s.soo.stopStream() // endless event streams end; generations drain
-	// fasthttp closes idle connections (and unused new ones after 5 s) and
-	// waits for active ones until ctx ends. It holds its lock throughout, so a
-	// second shutdown call must not be made while this one waits.
-	if err := s.app.ShutdownWithContext(ctx); err != nil {
-		s.cancel() // end in-flight generations so their handlers return
-		return fmt.Errorf("server: shutdown: %w", err)
+	// fasthttp closes idle connections, closes each active one after its
+	// response, and returns when none is left. It holds its lock throughout,
+	// so it runs once, on a context that outlives ctx by shutdownFlush.
+	fctx, fcancel := context.WithCancel(context.Background())
+	defer fcancel()
+	done := make(chan error, 1)
+	go func() { done <- s.app.ShutdownWithContext(fctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("server: shutdown: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
 	}
-	return nil
+	s.log.Warn("shutdown: grace period over; cutting in-flight requests", "connections", s.app.Server().GetOpenConnectionsCount())
+	s.cancel() // generations end with shutdownError (drive, streamError)
+	flush := time.NewTimer(shutdownFlush)
+	defer flush.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("server: shutdown: %w", err)
+		}
+		return nil
+	case <-flush.C:
+		open := s.app.Server().GetOpenConnectionsCount()
+		fcancel()
+		<-done
+		return fmt.Errorf("server: shutdown: %d connections still open %v after the grace period", open, shutdownFlush)
+	}
 }
 
-// health answers 200 {"status":"ok"} when a model is loaded, 503 before.
-func (s *Server) health(c *fiber.Ctx) error {
-	if !s.ready.Load() {
-		return Unavailable("model_loading", "the model is still loading")
-	}
-	return c.JSON(fiber.Map{"status": "ok"})
-}
+// healthRoute is GET /health (health.go).
+func (s *Server) healthRoute(c *fiber.Ctx) error { return s.health.answer(c, s.ready.Load()) }
 
-// auth checks the bearer key.
+// auth checks the bearer key (the scheme is case-insensitive, RFC 9110
+// §11.1).
 func (s *Server) auth(c *fiber.Ctx) error {
 	if s.opts.APIKey == "" {
 		return c.Next()
 	}
 	h := c.Get(fiber.HeaderAuthorization)
-	key, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(key)), []byte(s.opts.APIKey)) != 1 {
+	scheme, key, _ := strings.Cut(strings.TrimSpace(h), " ")
+	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(key)), []byte(s.opts.APIKey)) != 1 {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="sooserve"`)
 		msg := "invalid API key"
 		if h == "" {
@@ -259,6 +328,40 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	return err
 }
 
+// unknownModel is the model label of a request whose model is not servable.
+const unknownModel = "unknown"
+
+// modelLabel returns name when it is a model or adapter the server serves
+// now, "" for none, and unknownModel otherwise, so clients cannot add label
+// values: the labels are bounded by the models and adapters that ever
+// existed. Handlers may store the request's model before validating it.
+func (s *Server) modelLabel(name string) string {
+	if name == "" {
+		return ""
+	}
+	ms := s.models.Load()
+	if ms == nil || len(name) > 256 {
+		return unknownModel
+	}
+	switch m := (*ms).(type) {
+	case Single:
+		if name == m.Base.ID {
+			return m.Base.ID
+		}
+		return unknownModel
+	case *AdapterModels:
+		if name == m.Base.ID {
+			return m.Base.ID
+		}
+	}
+	for _, info := range (*ms).List(s.ctx) {
+		if info.ID == name {
+			return info.ID
+		}
+	}
+	return unknownModel
+}
+
 // routeOf returns the matched route's pattern ("unmatched" for none).
 func routeOf(c *fiber.Ctx) string {
 	if r := c.Route(); r != nil && r.Path != "/" && r.Path != "" {
@@ -267,8 +370,10 @@ func routeOf(c *fiber.Ctx) string {
 	return "unmatched"
 }
 
-// record counts one finished request.
+// record counts one finished request. The model label is the request's
+// model only when it names a servable model (see modelLabel).
 func (s *Server) record(route, model string, status int, d time.Duration) {
+	model = s.modelLabel(model)
 	s.metrics.requests.WithLabelValues(route, model, fmt.Sprint(status)).Inc()
 	if model != "" {
 		s.metrics.latency.WithLabelValues(route, model).Observe(d.Seconds())

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/engine/chat"
 	"github.com/sooserve/sooserve/engine/cpu"
 	"github.com/sooserve/sooserve/engine/tokenizer"
@@ -19,13 +20,33 @@ import (
 	"github.com/sooserve/sooserve/training"
 )
 
-// Training routes (DESIGN §3):
+// Training routes (DESIGN §3, §8):
 //
-//	POST /v1/soo/jobs              training.JobRequest -> 201 the job ("status":"queued")
-//	GET  /v1/soo/jobs              {"object":"list","data":[jobs, newest first]}
-//	GET  /v1/soo/jobs/{id}         status, progress, losses, overlap before/after
-//	GET  /v1/soo/jobs/{id}/events  server-sent events {"type":"status"|"progress","job":{...}}
-//	POST /v1/soo/jobs/{id}/cancel  the job (a running job turns "cancelled" shortly after)
+//	POST /v1/soo/jobs                     training.JobRequest -> 201 the job ("status":"queued")
+//	GET  /v1/soo/jobs                     {"object":"list","data":[jobs, newest first]}
+//	GET  /v1/soo/jobs/{id}                status, progress, losses, overlap before/after, result
+//	GET  /v1/soo/jobs/{id}/events         server-sent events {"type":"status"|"progress","job":{...}}
+//	POST /v1/soo/jobs/{id}/cancel         the job (a running job turns "cancelled" shortly after)
+//	GET  /v1/soo/jobs/{id}/adapter/{file} a kept file of the job's adapter (see below)
+//
+// A submit is refused with 400 (param names the field) beyond the limits of
+// training.Limits: by default epochs 1..100, at most 10,000 pairs, 20,000
+// steps (epochs x ceil(pairs / batch_size)), batch_size 64, lora.r 64,
+// lora.alpha 4096, 8 KiB per "self"/"other" text and 256 bytes for model,
+// site, pooling and each of at most 16 target modules; with 429
+// (rate_limit_error, code too_many_jobs) while 16 jobs are queued or
+// running; with 409 (conflict_error, code adapter_exists) when adapter_name
+// is already an adapter, or a pending job's target, and the request does not
+// set "replace": true (which replaces that adapter when the job succeeds).
+//
+// A job that trained to its end but could not register its adapter (the
+// name was taken while it ran, the registry failed) ends "failed" and keeps
+// its PEFT files: result.files lists them, and GET
+// /v1/soo/jobs/{id}/adapter/adapter_config.json and
+// .../adapter_model.safetensors download them (upload them to /v1/adapters
+// to serve them). A job that had registered its adapter when the process
+// died succeeds when it resumes. With Redis (--redis) down or too slow,
+// every route answers 503 naming Redis, never an empty list.
 //
 // The event stream starts with the job as it is, then one event per change,
 // and ends after the event of a finished job (succeeded, failed or
@@ -47,6 +68,7 @@ func (s *Server) registerTraining(r fiber.Router) {
 	r.Get("/soo/jobs/:id", s.getJob)
 	r.Get("/soo/jobs/:id/events", s.jobEvents)
 	r.Post("/soo/jobs/:id/cancel", s.cancelJob)
+	r.Get("/soo/jobs/:id/adapter/:file", s.jobAdapterFile)
 }
 
 func (s *Server) trainer() (*training.Manager, error) {
@@ -63,6 +85,7 @@ func (s *Server) trainer() (*training.Manager, error) {
 // jobError maps the training package's errors to API errors.
 func jobError(err error, id string) error {
 	var re *training.RequestError
+	var ce *training.ConflictError
 	switch {
 	case errors.As(err, &re):
 		param := re.Param
@@ -70,9 +93,16 @@ func jobError(err error, id string) error {
 			param = specParam(re.Message)
 		}
 		return &Error{Status: http.StatusBadRequest, Type: TypeInvalidRequest, Param: param, Message: re.Message, Err: err}
+	case errors.As(err, &ce):
+		return &Error{Status: http.StatusConflict, Type: TypeConflict, Param: "adapter_name", Code: "adapter_exists", Message: ce.Message, Err: err}
+	case errors.Is(err, training.ErrQueueFull):
+		return &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimit, Code: "too_many_jobs",
+			Message: strings.TrimPrefix(err.Error(), "training: "), Err: err}
 	case errors.Is(err, training.ErrNotFound):
-		return NotFound("id", "job_not_found", "no training job %q", id)
+		return NotFound("id", "job_not_found", "no training job %q", clip(id))
 	}
+	// Anything else, a Redis outage included (training.ErrUnavailable: 503
+	// naming Redis), is mapped by AsAPIError.
 	return fmt.Errorf("training: %w", err)
 }
 
@@ -107,11 +137,11 @@ func (s *Server) submitJob(c *fiber.Ctx) error {
 	if err := decodeJSON(c.Body(), &req); err != nil {
 		return err
 	}
-	c.Locals(localModel, req.Model)
-	job, err := m.Submit(req)
+	job, err := m.Submit(c.UserContext(), req)
 	if err != nil {
 		return jobError(err, "")
 	}
+	c.Locals(localModel, job.Model) // the base's id: never a client string
 	return c.Status(http.StatusCreated).JSON(job)
 }
 
@@ -121,7 +151,35 @@ func (s *Server) listJobs(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"object": "list", "data": m.List()})
+	jobs, err := m.List(c.UserContext())
+	if err != nil {
+		return jobError(err, "")
+	}
+	return c.JSON(fiber.Map{"object": "list", "data": jobs})
+}
+
+// jobAdapterFile is GET /v1/soo/jobs/{id}/adapter/{file}.
+func (s *Server) jobAdapterFile(c *fiber.Ctx) error {
+	m, err := s.trainer()
+	if err != nil {
+		return err
+	}
+	id, file := c.Params("id"), c.Params("file")
+	b, err := m.AdapterFile(c.UserContext(), id, file)
+	if errors.Is(err, training.ErrNoFile) {
+		return NotFound("file", "file_not_found", "the job %q keeps no file %q: a job keeps its adapter's files only when it could not register them (see its result.files)",
+			clip(id), clip(file))
+	}
+	if err != nil {
+		return jobError(err, id)
+	}
+	ctype := fiber.MIMEOctetStream
+	if strings.HasSuffix(file, ".json") {
+		ctype = fiber.MIMEApplicationJSON
+	}
+	c.Set(fiber.HeaderContentType, ctype)
+	c.Set(fiber.HeaderContentDisposition, fmt.Sprintf("attachment; filename=%q", file))
+	return c.Send(b)
 }
 
 // getJob is GET /v1/soo/jobs/{id}.
@@ -131,7 +189,7 @@ func (s *Server) getJob(c *fiber.Ctx) error {
 		return err
 	}
 	id := c.Params("id")
-	job, err := m.Get(id)
+	job, err := m.Get(c.UserContext(), id)
 	if err != nil {
 		return jobError(err, id)
 	}
@@ -145,7 +203,7 @@ func (s *Server) cancelJob(c *fiber.Ctx) error {
 		return err
 	}
 	id := c.Params("id")
-	job, err := m.Cancel(id)
+	job, err := m.Cancel(c.UserContext(), id)
 	if err != nil {
 		return jobError(err, id)
 	}
@@ -169,7 +227,7 @@ func (s *Server) jobEvents(c *fiber.Ctx) error {
 	}
 	id := c.Params("id")
 	ch, unsub := m.Subscribe(id)
-	job, err := m.Get(id)
+	job, err := m.Get(c.UserContext(), id)
 	if err != nil {
 		unsub()
 		return jobError(err, id)
@@ -200,7 +258,7 @@ func (s *Server) jobEvents(c *fiber.Ctx) error {
 					return http.StatusOK
 				}
 			case <-poll.C:
-				j, err := m.Get(id)
+				j, err := m.Get(ctx, id)
 				if err == nil && finished(j.Status) {
 					_ = writeSSE(w, training.Event{Type: "status", Job: j})
 					return http.StatusOK
@@ -220,8 +278,23 @@ func (s *Server) jobEvents(c *fiber.Ctx) error {
 }
 
 // ErrNoRegistry is what TrainingEnv's Register returns until an adapter
-// registry is wired in: jobs then train but fail at registration.
+// registry is wired in (UseRegistry): jobs then train, fail at registration
+// and keep their files.
 var ErrNoRegistry = errors.New("adapter registry not available: the trained adapter cannot be registered")
+
+// UseRegistry makes the jobs of env register their adapters in reg
+// (Registry.PutDir, replacing an existing adapter only for a job that sets
+// "replace") and look names up in it (refusing a taken name at submit, and
+// recognising after a crash an adapter a job had already registered).
+func UseRegistry(env *training.Env, reg *adapters.Registry) {
+	env.Register = func(ctx context.Context, name, dir string, replace bool) error {
+		if _, err := reg.PutDir(ctx, name, dir, replace); err != nil {
+			return fmt.Errorf("register adapter %q: %w", name, err)
+		}
+		return nil
+	}
+	env.Lookup = reg.Get
+}
 
 // TrainingEnv builds the environment of SOO training jobs on b: its cpu
 // executor (a cpu executor over the same weights when b serves on xla),
@@ -258,7 +331,7 @@ func TrainingEnv(ctx context.Context, b *Base) (training.Env, error) {
 		Executor: ex,
 		Encode:   encode,
 		Probe:    training.ProbeAtLayer(ex, pairs),
-		Register: func(context.Context, string, string) error {
+		Register: func(context.Context, string, string, bool) error {
 			return ErrNoRegistry
 		},
 		ModelName:     b.ID,

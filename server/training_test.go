@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,14 +15,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sooserve/sooserve/adapters"
+	"github.com/sooserve/sooserve/adapters/adapterstest"
+	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/internal/demo"
 	"github.com/sooserve/sooserve/training"
 )
 
 // trainingServer serves the demo model with a running job manager whose
-// Register records what it was given.
-func trainingServer(t *testing.T) (*testServer, *[]string, string) {
+// Register records what it was given; mut, if any, changes its environment.
+func trainingServer(t *testing.T, mut ...func(*training.Env)) (*testServer, *[]string, string) {
 	t.Helper()
 	ts := start(t, Options{}, LoadOptions{})
 	env, err := TrainingEnv(context.Background(), ts.base)
@@ -30,7 +35,7 @@ func trainingServer(t *testing.T) (*testServer, *[]string, string) {
 	}
 	var mu sync.Mutex
 	var registered []string
-	env.Register = func(_ context.Context, name, dir string) error {
+	env.Register = func(_ context.Context, name, dir string, _ bool) error {
 		if _, _, err := adapters.LoadDir(name, dir, ts.base.Config); err != nil {
 			return err
 		}
@@ -38,6 +43,9 @@ func trainingServer(t *testing.T) (*testServer, *[]string, string) {
 		registered = append(registered, name)
 		mu.Unlock()
 		return nil
+	}
+	for _, f := range mut {
+		f(&env)
 	}
 	dir := filepath.Join(t.TempDir(), "jobs")
 	m, err := training.NewManager(dir, env, nil)
@@ -152,8 +160,12 @@ func TestTrainingJobSucceeds(t *testing.T) {
 	}
 }
 
+// longJobs lets a job run for 1000 epochs (TestTrainingCancelAndErrors
+// cancels one while it runs).
+func longJobs(env *training.Env) { env.Limits.MaxEpochs, env.Limits.MaxSteps = 1000, 1_000_000 }
+
 func TestTrainingCancelAndErrors(t *testing.T) {
-	ts, registered, dir := trainingServer(t)
+	ts, registered, dir := trainingServer(t, longJobs)
 	long := submitJob(t, ts, jobBody("long-job", 1000, ""))
 	queued := submitJob(t, ts, jobBody("queued-job", 1, ""))
 	// Cancel the queued one: at once.
@@ -233,11 +245,209 @@ func TestTrainingUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := env.Register(context.Background(), "x", t.TempDir()); !errors.Is(err, ErrNoRegistry) {
+	if err := env.Register(context.Background(), "x", t.TempDir(), false); !errors.Is(err, ErrNoRegistry) {
 		t.Errorf("stub register: %v", err)
 	}
 	ids, err := env.Encode("hello", true)
 	if plain, _ := env.Encode("hello", false); err != nil || len(ids) <= len(plain) {
 		t.Errorf("chat encode %v (%v), raw %v", ids, err, plain)
+	}
+}
+
+// longJobBody is a job of the default maximum of epochs over 60 pairs in
+// batches of 1 (6,000 steps).
+func longJobBody(name string) string {
+	var pairs []string
+	for i := range 60 {
+		pairs = append(pairs, fmt.Sprintf(`{"self":"You want item %d. Tell yourself","other":"Bob wants item %d. Tell Bob"}`, i, i))
+	}
+	return fmt.Sprintf(`{"model":%q,"adapter_name":%q,"dataset":[%s],"layer":1,"lora":{"r":2,"alpha":4},"epochs":%d,"batch_size":1}`,
+		demo.Name, name, strings.Join(pairs, ","), training.DefaultMaxEpochs)
+}
+
+// TestTrainingRequestLimits: requests over the documented limits get a 400
+// naming the field (and a huge value is not echoed back), and a full queue
+// a 429 in the envelope.
+func TestTrainingRequestLimits(t *testing.T) {
+	ts, _, _ := trainingServer(t, func(env *training.Env) {
+		env.Limits.MaxPending = 2
+		// A job that finished training waits at registration until the
+		// server stops: it stays "running".
+		env.Register = func(ctx context.Context, _, _ string, _ bool) error { <-ctx.Done(); return ctx.Err() }
+	})
+	var many []string
+	for i := range training.DefaultMaxPairs + 1 {
+		many = append(many, fmt.Sprintf(`{"self":"You %d","other":"Bob %d"}`, i, i))
+	}
+	huge := strings.Repeat("m", 1<<20)
+	for _, tc := range []struct{ body, param string }{
+		{jobBody("x", 101, ""), "epochs"},
+		{jobBody("x", 1, `,"lora":{"r":65}`), "lora.r"},
+		{jobBody("x", 1, `,"lora":{"r":2,"alpha":1e308}`), "lora.alpha"},
+		{jobBody("x", 1, `,"weight_decay":1e300`), "weight_decay"},
+		{strings.Replace(longJobBody("x"), `"batch_size":1`, `"batch_size":1,"epochs":100,"dataset":[`+strings.Join(many[:201], ",")+`]`, 1), "epochs"},
+		{jobBody("x", 1, `,"dataset":[`+strings.Join(many, ",")+`]`), "dataset"},
+		{jobBody("x", 1, `,"dataset":[{"self":"`+strings.Repeat("y", training.DefaultMaxTextBytes+1)+`","other":"Bob"}]`), "dataset"},
+		{jobBody("x", 1, `,"model":"`+huge+`"`), "model"},
+		{jobBody(huge, 1, ""), "adapter_name"},
+		{jobBody(demo.Name, 1, ""), "adapter_name"},
+		{jobBody("x", 1, `,"site":"`+huge+`"`), "site"},
+		{jobBody("x", 1, `,"lora":{"target_modules":["`+strings.Repeat(`q_proj","`, 16)+`q_proj"]}`), "lora.target_modules"},
+	} {
+		code, b := ts.post(t, "/v1/soo/jobs", tc.body)
+		if code != http.StatusBadRequest || len(b) > 2048 {
+			t.Errorf("%.80s...: %d %.300s", tc.body, code, b)
+			continue
+		}
+		checkEnvelope(t, b, TypeInvalidRequest, tc.param)
+	}
+	long := submitJob(t, ts, longJobBody("long"))
+	queued := submitJob(t, ts, jobBody("queued", 1, ""))
+	code, b := ts.post(t, "/v1/soo/jobs", jobBody("third", 1, ""))
+	if code != http.StatusTooManyRequests || errCode(b) != "too_many_jobs" {
+		t.Fatalf("third job: %d %s", code, b)
+	}
+	checkEnvelope(t, b, TypeRateLimit, "")
+	for _, id := range []string{long.ID, queued.ID} {
+		if code, b := ts.post(t, "/v1/soo/jobs/"+id+"/cancel", ""); code != 200 {
+			t.Errorf("cancel: %d %s", code, b)
+		}
+	}
+}
+
+// TestTrainingAdapterNameTaken: with the adapter registry wired in, a job to
+// a taken name is refused (409) unless it sets "replace", which replaces the
+// adapter; a job whose name is taken while it runs fails and keeps its
+// files, downloadable from the job.
+func TestTrainingAdapterNameTaken(t *testing.T) {
+	var reg *adapters.Registry
+	var mu sync.Mutex
+	steal := "" // the name another client takes while the next job trains
+	ts, _, _ := trainingServer(t, func(env *training.Env) {
+		inner, cfg := env.Probe, env.Executor.Config()
+		env.Probe = func(ctx context.Context, a *lora.Adapter, spec training.Spec) (float64, error) {
+			mu.Lock()
+			name := steal
+			steal = ""
+			mu.Unlock()
+			if a == nil && name != "" {
+				if _, err := reg.Put(ctx, name, adapterstest.Random(cfg, 2, []string{"q_proj"}, 7, 0.01), false); err != nil {
+					t.Error(err)
+				}
+			}
+			return inner(ctx, a, spec)
+		}
+	}, func(env *training.Env) {
+		// As cmd/serve wires it: a real registry on a disk store.
+		st, err := adapters.OpenDisk(t.TempDir(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := env.Executor.Config()
+		if reg, err = adapters.Open(context.Background(), adapters.Options{Base: cfg, BaseID: env.ModelName, Store: st}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { reg.Close() })
+		UseRegistry(env, reg)
+	})
+	ctx := context.Background()
+	if _, err := reg.Put(ctx, "taken", adapterstest.Random(ts.base.Config, 2, []string{"q_proj"}, 1, 0.01), false); err != nil {
+		t.Fatal(err)
+	}
+	code, b := ts.post(t, "/v1/soo/jobs", jobBody("taken", 1, ""))
+	if code != http.StatusConflict || errCode(b) != "adapter_exists" || !strings.Contains(string(b), `\"replace\": true`) {
+		t.Fatalf("job to a taken name: %d %s", code, b)
+	}
+	checkEnvelope(t, b, TypeConflict, "adapter_name")
+
+	replaced := submitJob(t, ts, jobBody("taken", 1, `,"replace":true`))
+	evs := followJob(t, ts, replaced.ID)
+	done := evs[len(evs)-1].Job
+	rec, err := reg.Get(ctx, "taken")
+	if done.Status != training.StatusSucceeded || !done.Replace || done.Result == nil || err != nil || rec.SHA256 != done.Result.SHA256 {
+		t.Fatalf("replacing job %+v; adapter %+v (%v)", done, rec, err)
+	}
+	code, b = ts.get(t, "/v1/soo/jobs/"+replaced.ID+"/adapter/"+adapters.WeightsFile)
+	if code != http.StatusNotFound || errCode(b) != "file_not_found" {
+		t.Errorf("files of a registered job: %d %s", code, b)
+	}
+
+	mu.Lock()
+	steal = "racy"
+	mu.Unlock()
+	racy := submitJob(t, ts, jobBody("racy", 2, ""))
+	evs = followJob(t, ts, racy.ID)
+	failed := evs[len(evs)-1].Job
+	if failed.Status != training.StatusFailed || failed.Result == nil || len(failed.Result.Files) != 2 || len(failed.Losses) != 4 {
+		t.Fatalf("job whose name was taken: %+v", failed)
+	}
+	var f adapters.Files
+	for _, file := range []struct {
+		name, ctype string
+		dst         *[]byte
+	}{{adapters.ConfigFile, "application/json", &f.Config}, {adapters.WeightsFile, "application/octet-stream", &f.Weights}} {
+		resp, err := http.Get(ts.URL + "/v1/soo/jobs/" + racy.ID + "/adapter/" + file.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*file.dst, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), file.ctype) {
+			t.Errorf("download %s: %d %s", file.name, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+	}
+	if adapters.Sum(f.Weights) != failed.Result.SHA256 || adapters.Sum(f.Config) != failed.Result.ConfigSHA256 {
+		t.Error("downloaded files differ from the job's result")
+	}
+	if _, err := reg.Put(ctx, "racy-kept", f, false); err != nil {
+		t.Errorf("the kept files do not register: %v", err)
+	}
+	code, b = ts.get(t, "/v1/soo/jobs/"+racy.ID+"/adapter/job.json")
+	if code != http.StatusNotFound {
+		t.Errorf("another file: %d %s", code, b)
+	}
+	checkEnvelope(t, b, TypeNotFound, "file")
+}
+
+// TestTrainingRedisDown: with the job store's Redis down, the routes answer
+// 503 naming Redis, never an empty list.
+func TestTrainingRedisDown(t *testing.T) {
+	ts := start(t, Options{}, LoadOptions{})
+	env, err := TrainingEnv(context.Background(), ts.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt, err := redis.ParseURL(adapterstest.StartRedis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.ContextTimeoutEnabled = true
+	rc := redis.NewClient(opt)
+	defer rc.Close()
+	m, err := training.NewRedisManager(context.Background(), t.TempDir(), env, training.RedisOptions{Client: rc}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ts.SetTraining(m) // no worker: the job stays queued
+	j := submitJob(t, ts, jobBody("x", 1, ""))
+	if code, b := ts.get(t, "/v1/soo/jobs"); code != 200 || !strings.Contains(string(b), j.ID) {
+		t.Fatalf("list: %d %s", code, b)
+	}
+	if err := rc.Do(context.Background(), "SHUTDOWN", "NOSAVE").Err(); err == nil {
+		t.Fatal("redis did not shut down")
+	}
+	for _, probe := range []func() (int, []byte){
+		func() (int, []byte) { return ts.get(t, "/v1/soo/jobs") },
+		func() (int, []byte) { return ts.get(t, "/v1/soo/jobs/"+j.ID) },
+		func() (int, []byte) { return ts.post(t, "/v1/soo/jobs/"+j.ID+"/cancel", "") },
+		func() (int, []byte) { return ts.post(t, "/v1/soo/jobs", jobBody("y", 1, "")) },
+	} {
+		code, b := probe()
+		if code != http.StatusServiceUnavailable || !strings.Contains(strings.ToLower(string(b)), "redis") {
+			t.Errorf("with Redis down: %d %s", code, b)
+			continue
+		}
+		checkEnvelope(t, b, TypeUnavailable, "")
 	}
 }

@@ -14,11 +14,13 @@ import (
 	"sort"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/engine/cpu"
 	"github.com/sooserve/sooserve/engine/lora"
 	"github.com/sooserve/sooserve/internal/atomicfile"
+	"github.com/sooserve/sooserve/internal/depend"
 )
 
 // Job statuses.
@@ -45,6 +47,9 @@ type JobRequest struct {
 	BatchSize    int             `json:"batch_size"`
 	Seed         uint64          `json:"seed"`
 	ChatTemplate bool            `json:"chat_template"` // tokenize pairs through the chat template (user turn + generation prompt)
+	// Replace lets the job replace an existing adapter of its name when it
+	// succeeds; without it an existing name is refused at submit.
+	Replace bool `json:"replace"`
 }
 
 // LoRASpec is the "lora" object of a job request.
@@ -69,11 +74,25 @@ type Job struct {
 	Losses        []float64   `json:"losses"`
 	OverlapBefore *float64    `json:"overlap_before"`
 	OverlapAfter  *float64    `json:"overlap_after"`
+	Replace       bool        `json:"replace"`
+	Result        *JobResult  `json:"result,omitempty"`
 	Error         string      `json:"error,omitempty"`
 	CreatedAt     int64       `json:"created_at"`
 	StartedAt     int64       `json:"started_at,omitempty"`
 	FinishedAt    int64       `json:"finished_at,omitempty"`
 	request       *JobRequest `json:"-"`
+}
+
+// JobResult is the adapter a job trained, recorded once its training has
+// finished and before it is registered: a job resumed after a crash that
+// finds this very adapter registered under its name has succeeded.
+type JobResult struct {
+	SHA256       string `json:"sha256"`        // of adapter_model.safetensors
+	ConfigSHA256 string `json:"config_sha256"` // of adapter_config.json
+	Size         int64  `json:"size"`          // bytes of both files
+	// Files are the PEFT files kept with a job whose adapter could not be
+	// registered (Manager.AdapterFile); a finished run is never discarded.
+	Files []string `json:"files,omitempty"`
 }
 
 // Event is what job subscribers receive: the job after a change.
@@ -92,16 +111,88 @@ type Env struct {
 	// site on held-out probe pairs; nil skips the measurement.
 	Probe func(ctx context.Context, a *lora.Adapter, spec Spec) (float64, error)
 	// Register makes the adapter written in dir servable under name; it must
-	// copy what it keeps (dir is removed afterwards).
-	Register func(ctx context.Context, name, dir string) error
+	// copy what it keeps (dir is removed afterwards). Without replace an
+	// existing adapter of that name is an error wrapping adapters.ErrExists;
+	// with replace the new adapter takes its place.
+	Register func(ctx context.Context, name, dir string, replace bool) error
+	// Lookup returns the record of the adapter registered under name, or an
+	// error wrapping adapters.ErrNotFound. With it, a job to an existing
+	// name without "replace" is refused at submit (ConflictError), and a job
+	// resumed after a crash recognises the adapter it had already registered.
+	Lookup func(ctx context.Context, name string) (adapters.Record, error)
 	// ModelName is the base model's id; requests must name it.
 	ModelName string
 	// BaseModelPath is written into adapter_config.json.
 	BaseModelPath string
+	// Limits bound the requests and the queue; zero fields take the defaults.
+	Limits Limits
+}
+
+// Default limits of job requests and of the queue. The paper's recipes (15
+// and 8 epochs of 156 pairs in batches of 4, r 8 and 4: 585 steps) use a
+// small part of them.
+const (
+	DefaultMaxPending   = 16     // jobs queued or running at once
+	DefaultMaxEpochs    = 100    // epochs of one job
+	DefaultMaxPairs     = 10_000 // pairs of one job's dataset
+	DefaultMaxSteps     = 20_000 // optimiser steps of one job: epochs x ceil(pairs / batch_size)
+	DefaultMaxRank      = 64     // lora.r of one job
+	DefaultMaxTextBytes = 8 << 10
+	// MaxStringBytes bounds the other strings of a request (model, site,
+	// pooling, each target module).
+	MaxStringBytes = 256
+	// maxTargets bounds the length of lora.target_modules.
+	maxTargets = 16
+)
+
+// Limits bound what one job may ask for and how many jobs may wait. A
+// request over a limit is refused with a RequestError naming the field; a
+// submit beyond MaxPending with ErrQueueFull.
+type Limits struct {
+	MaxPending   int // jobs queued or running (default DefaultMaxPending)
+	MaxEpochs    int // default DefaultMaxEpochs
+	MaxPairs     int // default DefaultMaxPairs
+	MaxSteps     int // default DefaultMaxSteps
+	MaxRank      int // default DefaultMaxRank
+	MaxTextBytes int // bytes of one "self" or "other" text (default DefaultMaxTextBytes)
+}
+
+func (l Limits) withDefaults() Limits {
+	for _, f := range []struct {
+		p   *int
+		def int
+	}{{&l.MaxPending, DefaultMaxPending}, {&l.MaxEpochs, DefaultMaxEpochs}, {&l.MaxPairs, DefaultMaxPairs},
+		{&l.MaxSteps, DefaultMaxSteps}, {&l.MaxRank, DefaultMaxRank}, {&l.MaxTextBytes, DefaultMaxTextBytes}} {
+		if *f.p <= 0 {
+			*f.p = f.def
+		}
+	}
+	return l
 }
 
 // ErrNotFound is returned for an unknown job id.
 var ErrNotFound = errors.New("training: no such job")
+
+// ErrQueueFull is wrapped by the error of a submit while Limits.MaxPending
+// jobs are queued or running (HTTP 429).
+var ErrQueueFull = errors.New("training: too many jobs queued or running")
+
+// ErrNoFile is returned by AdapterFile for a file the job does not keep.
+var ErrNoFile = errors.New("training: the job keeps no such file")
+
+// ErrUnavailable is wrapped by the errors of a job store that cannot be
+// reached or answers too slowly (Redis; HTTP 503). It is
+// depend.ErrUnavailable: the errors also name the dependency.
+var ErrUnavailable = depend.ErrUnavailable
+
+// ConflictError is a job request refused because its adapter name is taken,
+// by a registered adapter or by a job still queued or running, and the
+// request does not set "replace" (HTTP 409).
+type ConflictError struct {
+	Name, Message string
+}
+
+func (e *ConflictError) Error() string { return "training: " + e.Message }
 
 // RequestError is a job request rejected before it is queued (HTTP 400).
 type RequestError struct {
@@ -116,10 +207,11 @@ func (e *RequestError) Error() string { return "training: " + e.Message }
 // queue, the job records, the checkpoints and the events in Redis instead,
 // shared by several replicas (see redisqueue.go).
 type Manager struct {
-	dir string
-	env Env
-	log *slog.Logger
-	rq  *redisQueue // nil: jobs on disk, queue in memory
+	dir    string
+	env    Env
+	limits Limits
+	log    *slog.Logger
+	rq     *redisQueue // nil: jobs on disk, queue in memory
 
 	mu      sync.Mutex
 	jobs    map[string]*Job
@@ -136,8 +228,7 @@ func NewManager(dir string, env Env, log *slog.Logger) (*Manager, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Manager{dir: dir, env: env, log: log, jobs: map[string]*Job{}, cancels: map[string]context.CancelFunc{},
-		subs: map[chan Event]string{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	m := newManager(dir, env, log)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("training: jobs dir: %w", err)
 	}
@@ -178,17 +269,56 @@ func NewManager(dir string, env Env, log *slog.Logger) (*Manager, error) {
 	return m, nil
 }
 
-// Submit validates a request and queues a job.
-func (m *Manager) Submit(req JobRequest) (Job, error) {
+func newManager(dir string, env Env, log *slog.Logger) *Manager {
+	return &Manager{dir: dir, env: env, limits: env.Limits.withDefaults(), log: log, jobs: map[string]*Job{},
+		cancels: map[string]context.CancelFunc{}, subs: map[chan Event]string{}, wake: make(chan struct{}, 1),
+		done: make(chan struct{})}
+}
+
+// lookupTimeout bounds the adapter lookup of a submit.
+const lookupTimeout = 2 * time.Second
+
+// Submit validates a request and queues a job. It refuses a request over
+// the limits (RequestError), an adapter name that is registered, or that a
+// job still queued or running on this Manager trains, unless the request
+// sets "replace" (ConflictError), and a submit while Limits.MaxPending jobs
+// are queued or running (ErrQueueFull). With Redis, two jobs to one new name
+// may both be accepted: the later to finish then fails at registration, and
+// keeps its files (JobResult.Files).
+func (m *Manager) Submit(ctx context.Context, req JobRequest) (Job, error) {
 	j, err := m.newJob(req)
 	if err != nil {
 		return Job{}, err
 	}
+	if !req.Replace && m.env.Lookup != nil {
+		lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+		_, err := m.env.Lookup(lctx, req.AdapterName)
+		cancel()
+		switch {
+		case err == nil:
+			return Job{}, nameTaken(req.AdapterName, "")
+		case !errors.Is(err, adapters.ErrNotFound):
+			return Job{}, fmt.Errorf("training: look up adapter %q: %w", req.AdapterName, err)
+		}
+	}
 	if m.rq != nil {
-		return m.rq.submit(j)
+		return m.rq.submit(ctx, j)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	pending := 0
+	for _, o := range m.jobs {
+		if terminal(o.Status) {
+			continue
+		}
+		pending++
+		if o.AdapterName == j.AdapterName && !req.Replace {
+			return Job{}, nameTaken(req.AdapterName, o.ID)
+		}
+	}
+	if pending >= m.limits.MaxPending {
+		return Job{}, queueFull(pending)
+	}
 	if err := m.persist(j); err != nil {
 		return Job{}, err
 	}
@@ -202,14 +332,78 @@ func (m *Manager) Submit(req JobRequest) (Job, error) {
 	return m.snapshot(j), nil
 }
 
+// nameTaken is the ConflictError of a name registered (job "") or trained
+// by job.
+func nameTaken(name, job string) *ConflictError {
+	what := fmt.Sprintf("the adapter %q already exists", name)
+	if job != "" {
+		what = fmt.Sprintf("the job %s, queued or running, already trains the adapter %q", job, name)
+	}
+	return &ConflictError{Name: name, Message: what +
+		`: pass "replace": true to replace it when this job succeeds, or choose another adapter_name`}
+}
+
+// queueFull is the error of a submit while n jobs are pending.
+func queueFull(n int) error {
+	return fmt.Errorf("%w: %d jobs are queued or running; retry when one has finished", ErrQueueFull, n)
+}
+
+// clip shortens a client string echoed in an error message (at a UTF-8
+// boundary).
+func clip(s string) string {
+	n := 64
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
+// checkStrings refuses the request's free strings when they are longer than
+// any valid value could be (they are echoed in errors and stored).
+func checkStrings(req *JobRequest) error {
+	if len(req.AdapterName) > 64 {
+		return &RequestError{"adapter_name", fmt.Sprintf("adapter_name is %d bytes; at most 64 characters of A-Z a-z 0-9 . _ -", len(req.AdapterName))}
+	}
+	for _, f := range []struct{ param, v string }{{"model", req.Model}, {"site", req.Site}, {"pooling", req.Pooling}} {
+		if len(f.v) > MaxStringBytes {
+			return &RequestError{f.param, fmt.Sprintf("%s is %d bytes, more than the limit of %d", f.param, len(f.v), MaxStringBytes)}
+		}
+	}
+	if len(req.LoRA.TargetModules) > maxTargets {
+		return &RequestError{"lora.target_modules", fmt.Sprintf("lora.target_modules lists %d modules, more than the limit of %d", len(req.LoRA.TargetModules), maxTargets)}
+	}
+	for _, t := range req.LoRA.TargetModules {
+		if len(t) > MaxStringBytes {
+			return &RequestError{"lora.target_modules", fmt.Sprintf("a target module name is %d bytes, more than the limit of %d", len(t), MaxStringBytes)}
+		}
+	}
+	return nil
+}
+
 // newJob validates a request and makes its queued job.
 func (m *Manager) newJob(req JobRequest) (*Job, error) {
 	cfg := m.env.Executor.Config()
+	lim := m.limits
+	if err := checkStrings(&req); err != nil {
+		return nil, err
+	}
 	if req.Model != "" && req.Model != m.env.ModelName {
-		return nil, &RequestError{"model", fmt.Sprintf("model %q is not the base model %q", req.Model, m.env.ModelName)}
+		return nil, &RequestError{"model", fmt.Sprintf("model %q is not the base model %q", clip(req.Model), m.env.ModelName)}
 	}
 	if err := adapters.ValidateName(req.AdapterName); err != nil {
 		return nil, &RequestError{"adapter_name", err.Error()}
+	}
+	if req.AdapterName == m.env.ModelName {
+		return nil, &RequestError{"adapter_name", fmt.Sprintf("%q is the base model's id; choose another adapter_name", req.AdapterName)}
+	}
+	switch {
+	case req.Epochs < 0 || req.Epochs > lim.MaxEpochs:
+		return nil, &RequestError{"epochs", fmt.Sprintf("epochs must be between 1 and %d, got %d", lim.MaxEpochs, req.Epochs)}
+	case req.LoRA.R < 0 || req.LoRA.R > lim.MaxRank:
+		return nil, &RequestError{"lora.r", fmt.Sprintf("lora.r must be between 1 and %d for a training job, got %d", lim.MaxRank, req.LoRA.R)}
 	}
 	spec := Spec{Site: req.Site, Pooling: Pooling(req.Pooling), Rank: req.LoRA.R, Alpha: req.LoRA.Alpha,
 		Targets: req.LoRA.TargetModules, RSLoRA: req.LoRA.UseRSLoRA, LR: req.LearningRate, WeightDecay: req.WeightDecay,
@@ -228,13 +422,26 @@ func (m *Manager) newJob(req JobRequest) (*Job, error) {
 	if err != nil {
 		return nil, &RequestError{"dataset", err.Error()}
 	}
+	if len(pairs) > lim.MaxPairs {
+		return nil, &RequestError{"dataset", fmt.Sprintf("the dataset has %d pairs, more than the limit of %d", len(pairs), lim.MaxPairs)}
+	}
+	for i, p := range pairs {
+		if n := max(len(p.Self), len(p.Other)); n > lim.MaxTextBytes {
+			return nil, &RequestError{"dataset", fmt.Sprintf("pair %d has a text of %d bytes, more than the limit of %d", i, n, lim.MaxTextBytes)}
+		}
+	}
+	steps := spec.Epochs * ((len(pairs) + spec.BatchSize - 1) / spec.BatchSize)
+	if steps > lim.MaxSteps {
+		return nil, &RequestError{"epochs", fmt.Sprintf("%d epochs of %d pairs in batches of %d make %d steps, more than the limit of %d: train fewer epochs or pairs, or larger batches",
+			spec.Epochs, len(pairs), spec.BatchSize, steps, lim.MaxSteps)}
+	}
 	if _, err := m.tokenize(pairs, req.ChatTemplate, spec.MaxTokens); err != nil {
 		return nil, &RequestError{"dataset", err.Error()}
 	}
 	j := &Job{ID: newID(), Object: "soo.job", Status: StatusQueued, Model: m.env.ModelName, AdapterName: req.AdapterName,
-		Spec: spec, Pairs: len(pairs), CreatedAt: time.Now().Unix(), request: &req, Losses: []float64{}}
+		Spec: spec, Pairs: len(pairs), Replace: req.Replace, CreatedAt: time.Now().Unix(), request: &req, Losses: []float64{}}
 	j.Progress.Epochs = spec.Epochs
-	j.Progress.Steps = spec.Epochs * ((len(pairs) + spec.BatchSize - 1) / spec.BatchSize)
+	j.Progress.Steps = steps
 	return j, nil
 }
 
@@ -244,7 +451,7 @@ func datasetPairs(raw json.RawMessage) ([]Pair, error) {
 	}
 	var name string
 	if json.Unmarshal(raw, &name) == nil {
-		return nil, fmt.Errorf("unknown dataset %q (want \"paper\" or a list of {\"self\",\"other\"} pairs)", name)
+		return nil, fmt.Errorf("unknown dataset %q (want \"paper\" or a list of {\"self\",\"other\"} pairs)", clip(name))
 	}
 	return ParsePairs(raw)
 }
@@ -254,9 +461,9 @@ func (m *Manager) tokenize(pairs []Pair, chat bool, maxLen int) ([]TokPair, erro
 }
 
 // Get returns a job by id.
-func (m *Manager) Get(id string) (Job, error) {
+func (m *Manager) Get(ctx context.Context, id string) (Job, error) {
 	if m.rq != nil {
-		return m.rq.get(id)
+		return m.rq.get(ctx, id)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -267,10 +474,11 @@ func (m *Manager) Get(id string) (Job, error) {
 	return m.snapshot(j), nil
 }
 
-// List returns every job, newest first.
-func (m *Manager) List() []Job {
+// List returns every job, newest first. With Redis, a failure to read the
+// jobs is an error wrapping ErrUnavailable, never an empty list.
+func (m *Manager) List(ctx context.Context) ([]Job, error) {
 	if m.rq != nil {
-		return m.rq.list()
+		return m.rq.list(ctx)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -284,14 +492,35 @@ func (m *Manager) List() []Job {
 		}
 		return out[a].ID > out[b].ID
 	})
-	return out
+	return out, nil
+}
+
+// AdapterFile returns file (adapter_config.json or
+// adapter_model.safetensors) of the adapter that job id trained and could
+// not register (JobResult.Files); ErrNoFile when the job keeps no such file.
+func (m *Manager) AdapterFile(ctx context.Context, id, file string) ([]byte, error) {
+	j, err := m.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if j.Result == nil || !slices.Contains(j.Result.Files, file) {
+		return nil, ErrNoFile
+	}
+	if m.rq != nil {
+		return m.rq.resultFile(ctx, id, file)
+	}
+	b, err := os.ReadFile(filepath.Join(m.dir, id, "adapter", file))
+	if err != nil {
+		return nil, fmt.Errorf("training: job %s: %w", id, err)
+	}
+	return b, nil
 }
 
 // Cancel stops a queued or running job; its checkpoint is removed and no
 // adapter is registered. Cancelling a finished job is a no-op.
-func (m *Manager) Cancel(id string) (Job, error) {
+func (m *Manager) Cancel(ctx context.Context, id string) (Job, error) {
 	if m.rq != nil {
-		return m.rq.cancel(id)
+		return m.rq.cancel(ctx, id)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -415,6 +644,14 @@ func (m *Manager) train(ctx context.Context, j *Job) error {
 	if req == nil {
 		return errors.New("training: job record has no request")
 	}
+	jdir := filepath.Join(m.dir, j.ID)
+	out := filepath.Join(jdir, "adapter")
+	if j.Result != nil {
+		// A run before a crash trained the job to its end.
+		if done, err := m.resume(ctx, j, out); done {
+			return err
+		}
+	}
 	pairs, err := datasetPairs(req.Dataset)
 	if err != nil {
 		return err
@@ -423,7 +660,6 @@ func (m *Manager) train(ctx context.Context, j *Job) error {
 	if err != nil {
 		return err
 	}
-	jdir := filepath.Join(m.dir, j.ID)
 	ckdir := filepath.Join(jdir, "checkpoint")
 	if m.rq != nil {
 		if err := m.rq.fetchCheckpoint(ctx, j.ID, ckdir); err != nil {
@@ -471,29 +707,119 @@ func (m *Manager) train(ctx context.Context, j *Job) error {
 	m.mu.Lock()
 	j.Losses = res.Losses
 	m.mu.Unlock()
+	var after error // a failed measurement must not discard the trained adapter
 	if m.env.Probe != nil {
 		v, err := m.env.Probe(ctx, res.Adapter, j.Spec)
-		if err != nil {
+		switch {
+		case err != nil && ctx.Err() != nil:
 			return fmt.Errorf("training: overlap after: %w", err)
+		case err != nil:
+			after = fmt.Errorf("training: overlap after: %w", err)
+		default:
+			m.mu.Lock()
+			j.OverlapAfter = &v
+			m.mu.Unlock()
 		}
-		m.mu.Lock()
-		j.OverlapAfter = &v
-		m.mu.Unlock()
 	}
-	out := filepath.Join(jdir, "adapter")
+	if err := os.RemoveAll(out); err != nil {
+		return fmt.Errorf("training: %w", err)
+	}
 	if err := adapters.WriteDir(out, res.Adapter, adapters.NewConfig(res.Adapter, j.Spec.Dropout, m.env.BaseModelPath)); err != nil {
 		return err
 	}
-	defer os.RemoveAll(out)
-	if err := ctx.Err(); err != nil {
-		return err
+	f, err := adapters.ReadDir(out, adapters.Limits{})
+	if err != nil {
+		return fmt.Errorf("training: read back the adapter: %w", err)
 	}
+	// The result is recorded before it is registered: a job resumed after a
+	// crash at any point from here on recognises its registered adapter.
+	m.mu.Lock()
+	j.Result = &JobResult{SHA256: adapters.Sum(f.Weights), ConfigSHA256: adapters.Sum(f.Config), Size: f.Size()}
+	if err := m.persist(j); err != nil {
+		m.log.Warn("training: record the trained adapter", "job", j.ID, "err", err)
+	}
+	m.mu.Unlock()
+	if after != nil {
+		return m.keep(j, out, after)
+	}
+	return m.register(ctx, j, out)
+}
+
+// resume finishes a job whose earlier run recorded its result (j.Result)
+// and then stopped (a crash, a shutdown, a worker that died): when the
+// adapter registered under the job's name is that result, the job has
+// succeeded; when the run's files are still in out, they are registered.
+// Otherwise (the files were on another worker) it returns false and the job
+// trains again from its last checkpoint.
+func (m *Manager) resume(ctx context.Context, j *Job, out string) (bool, error) {
+	if m.registeredResult(ctx, j) {
+		m.log.Info("training job had registered its adapter before it stopped", "job", j.ID, "adapter", j.AdapterName)
+		_ = os.RemoveAll(out)
+		return true, nil
+	}
+	f, err := adapters.ReadDir(out, adapters.Limits{})
+	if err == nil && adapters.Sum(f.Weights) == j.Result.SHA256 && adapters.Sum(f.Config) == j.Result.ConfigSHA256 {
+		m.log.Info("training job registers the adapter it trained before it stopped", "job", j.ID, "adapter", j.AdapterName)
+		return true, m.register(ctx, j, out)
+	}
+	m.log.Info("training job's adapter files are gone; it trains again from its last checkpoint", "job", j.ID)
+	return false, nil
+}
+
+// registeredResult reports whether the adapter registered under j's name is
+// the adapter j trained (its recorded sha256 sums).
+func (m *Manager) registeredResult(ctx context.Context, j *Job) bool {
+	if m.env.Lookup == nil || j.Result == nil {
+		return false
+	}
+	rec, err := m.env.Lookup(ctx, j.AdapterName)
+	return err == nil && rec.SHA256 == j.Result.SHA256 && rec.ConfigSHA256 == j.Result.ConfigSHA256
+}
+
+// register makes the adapter in dir servable under j's name. An existing
+// adapter that is j's own result (registered by a run that stopped before
+// it recorded its success) counts as registered. When registration fails
+// the files are kept with the job (keep).
+func (m *Manager) register(ctx context.Context, j *Job, dir string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("training: %w", err)
+	}
+	var err error
 	if m.env.Register != nil {
-		if err := m.env.Register(ctx, j.AdapterName, out); err != nil {
-			return fmt.Errorf("training: register adapter %q: %w", j.AdapterName, err)
+		err = m.env.Register(ctx, j.AdapterName, dir, j.Replace)
+		if errors.Is(err, adapters.ErrExists) && m.registeredResult(ctx, j) {
+			err = nil
 		}
 	}
-	return nil
+	if err == nil {
+		_ = os.RemoveAll(dir)
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil { // cancelled or stopping: a resume registers it
+		return fmt.Errorf("training: register adapter %q: %w", j.AdapterName, errors.Join(cerr, err))
+	}
+	return m.keep(j, dir, fmt.Errorf("training: register adapter %q: %w", j.AdapterName, err))
+}
+
+// keep keeps the trained adapter in dir with job j, whose run ends with
+// cause: on disk it stays in dir, with Redis it goes to the job's result
+// key. It returns cause with a note of where the files are.
+func (m *Manager) keep(j *Job, dir string, cause error) error {
+	var err error
+	if m.rq != nil {
+		var f adapters.Files
+		if f, err = adapters.ReadDir(dir, adapters.Limits{}); err == nil {
+			err = m.rq.storeResult(j.ID, f)
+		}
+	}
+	if err != nil {
+		m.log.Error("training: keep the trained adapter", "job", j.ID, "err", err)
+		return fmt.Errorf("%w; and the trained adapter could not be kept: %v", cause, err)
+	}
+	m.mu.Lock()
+	j.Result.Files = []string{adapters.ConfigFile, adapters.WeightsFile}
+	m.mu.Unlock()
+	return fmt.Errorf("%w; the trained adapter's files are kept with the job (result.files)", cause)
 }
 
 // finish records a terminal status (m.mu held) and drops the checkpoint.
@@ -502,6 +828,9 @@ func (m *Manager) finish(j *Job, status, msg string) {
 	j.Error = msg
 	j.FinishedAt = time.Now().Unix()
 	_ = os.RemoveAll(filepath.Join(m.dir, j.ID, "checkpoint"))
+	if j.Result == nil || len(j.Result.Files) == 0 { // the files of a failed registration stay
+		_ = os.RemoveAll(filepath.Join(m.dir, j.ID, "adapter"))
+	}
 	if err := m.persist(j); err != nil {
 		m.log.Error("persist job", "job", j.ID, "err", err)
 	}
@@ -531,7 +860,7 @@ func (m *Manager) persist(j *Job) error {
 // every replica through pub/sub.
 func (m *Manager) publish(ev Event) {
 	if m.rq != nil {
-		m.rq.publish(ev)
+		m.rq.publish(context.Background(), ev)
 		return
 	}
 	m.fanout(ev)
@@ -557,6 +886,11 @@ func (m *Manager) snapshot(j *Job) Job {
 	c.Losses = slices.Clone(j.Losses)
 	if c.Losses == nil {
 		c.Losses = []float64{}
+	}
+	if j.Result != nil {
+		r := *j.Result
+		r.Files = slices.Clone(r.Files)
+		c.Result = &r
 	}
 	return c
 }

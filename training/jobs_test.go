@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,9 +34,43 @@ func wordTokens(text string, _ bool) ([]int32, error) {
 	return ids, nil
 }
 
+// registry stands in for adapters.Registry: it keeps the records (with the
+// sha256 sums of the files) of the adapters registered, refuses an existing
+// name without replace, and lists the names in the order registered.
 type registry struct {
-	mu    sync.Mutex
-	names []string
+	mu      sync.Mutex
+	names   []string
+	records map[string]adapters.Record
+}
+
+func (r *registry) put(name string, f adapters.Files, replace bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.records[name]; ok && !replace {
+		return &adapters.Error{Kind: adapters.ErrExists, Msg: fmt.Sprintf("adapters: the adapter %q already exists", name)}
+	}
+	if r.records == nil {
+		r.records = map[string]adapters.Record{}
+	}
+	r.records[name] = adapters.Record{Name: name, SHA256: adapters.Sum(f.Weights), ConfigSHA256: adapters.Sum(f.Config), Size: f.Size()}
+	r.names = append(r.names, name)
+	return nil
+}
+
+func (r *registry) lookup(_ context.Context, name string) (adapters.Record, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec, ok := r.records[name]
+	if !ok {
+		return adapters.Record{}, &adapters.Error{Kind: adapters.ErrNotFound, Msg: "adapters: no adapter " + name}
+	}
+	return rec, nil
+}
+
+func (r *registry) registered() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.names)
 }
 
 func newEnv(t *testing.T, ex *cpu.Executor, reg *registry) training.Env {
@@ -43,17 +79,22 @@ func newEnv(t *testing.T, ex *cpu.Executor, reg *registry) training.Env {
 		Probe: func(ctx context.Context, a *lora.Adapter, s training.Spec) (float64, error) {
 			return 1, nil
 		},
-		Register: func(ctx context.Context, name, dir string) error {
+		Register: func(ctx context.Context, name, dir string, replace bool) error {
 			if _, _, err := adapters.LoadDir(name, dir, ex.Config()); err != nil {
 				return err
 			}
-			reg.mu.Lock()
-			reg.names = append(reg.names, name)
-			reg.mu.Unlock()
-			return nil
+			f, err := adapters.ReadDir(dir, adapters.Limits{})
+			if err != nil {
+				return err
+			}
+			return reg.put(name, f, replace)
 		},
+		Lookup: reg.lookup,
 	}
 }
+
+// bg is the context of the tests' calls.
+var bg = context.Background()
 
 func smallRequest(name string, epochs int) training.JobRequest {
 	layer := 1
@@ -66,11 +107,23 @@ func smallRequest(name string, epochs int) training.JobRequest {
 		LearningRate: 1e-3, Epochs: epochs, BatchSize: 2}
 }
 
+// longRequest is a job that runs for thousands of steps (until cancelled).
+func longRequest(name string) training.JobRequest {
+	r := smallRequest(name, training.DefaultMaxEpochs)
+	var pairs []training.Pair
+	for i := range 60 {
+		pairs = append(pairs, training.Pair{Self: fmt.Sprintf("You want item %d. Tell yourself", i), Other: fmt.Sprintf("Bob wants item %d. Tell Bob", i)})
+	}
+	r.Dataset, _ = json.Marshal(pairs)
+	r.BatchSize = 1
+	return r
+}
+
 func waitStatus(t *testing.T, m *training.Manager, id string, want string) training.Job {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		j, err := m.Get(id)
+		j, err := m.Get(context.Background(), id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -79,7 +132,7 @@ func waitStatus(t *testing.T, m *training.Manager, id string, want string) train
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	j, _ := m.Get(id)
+	j, _ := m.Get(context.Background(), id)
 	t.Fatalf("job %s: status %s, want %s", id, j.Status, want)
 	return j
 }
@@ -96,7 +149,7 @@ func TestJobSucceedsAndRegisters(t *testing.T) {
 	go m.Run(ctx)
 	events, unsub := m.Subscribe("")
 	defer unsub()
-	j, err := m.Submit(smallRequest("honest-1", 3))
+	j, err := m.Submit(bg, smallRequest("honest-1", 3))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,8 +160,8 @@ func TestJobSucceedsAndRegisters(t *testing.T) {
 	if len(done.Losses) != 6 || done.OverlapBefore == nil || done.OverlapAfter == nil || done.FinishedAt == 0 {
 		t.Errorf("finished job %+v", done)
 	}
-	if len(reg.names) != 1 || reg.names[0] != "honest-1" {
-		t.Errorf("registered %v", reg.names)
+	if len(reg.registered()) != 1 || reg.registered()[0] != "honest-1" {
+		t.Errorf("registered %v", reg.registered())
 	}
 	var progress int
 	for len(events) > 0 {
@@ -140,14 +193,14 @@ func TestJobRequestErrors(t *testing.T) {
 	} {
 		r := smallRequest("ok", 1)
 		tc.mut(&r)
-		_, err := m.Submit(r)
+		_, err := m.Submit(bg, r)
 		var re *training.RequestError
 		if !errors.As(err, &re) || re.Param != tc.param {
 			t.Errorf("%+v: error %v", r, err)
 		}
 	}
-	if len(m.List()) != 0 {
-		t.Errorf("rejected requests created jobs: %v", m.List())
+	if l, _ := m.List(bg); len(l) != 0 {
+		t.Errorf("rejected requests created jobs: %v", l)
 	}
 }
 
@@ -164,15 +217,15 @@ func TestCancelLeavesNoAdapter(t *testing.T) {
 	events, unsub := m.Subscribe("")
 	defer unsub()
 	go m.Run(ctx)
-	j, err := m.Submit(smallRequest("never", 500))
+	j, err := m.Submit(bg, longRequest("never"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	queued, err := m.Submit(smallRequest("never-2", 1))
+	queued, err := m.Submit(bg, smallRequest("never-2", 1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Cancel(queued.ID); err != nil {
+	if _, err := m.Cancel(bg, queued.ID); err != nil {
 		t.Fatal(err)
 	}
 	for ev := range events { // wait for the first job's first step
@@ -180,13 +233,13 @@ func TestCancelLeavesNoAdapter(t *testing.T) {
 			break
 		}
 	}
-	if _, err := m.Cancel(j.ID); err != nil {
+	if _, err := m.Cancel(bg, j.ID); err != nil {
 		t.Fatal(err)
 	}
 	waitStatus(t, m, j.ID, training.StatusCancelled)
 	waitStatus(t, m, queued.ID, training.StatusCancelled)
-	if len(reg.names) != 0 {
-		t.Errorf("cancelled jobs registered %v", reg.names)
+	if len(reg.registered()) != 0 {
+		t.Errorf("cancelled jobs registered %v", reg.registered())
 	}
 	for _, id := range []string{j.ID, queued.ID} {
 		if _, err := os.Stat(filepath.Join(dir, id, "checkpoint")); !os.IsNotExist(err) {
@@ -196,7 +249,7 @@ func TestCancelLeavesNoAdapter(t *testing.T) {
 			t.Errorf("%s: adapter left behind (%v)", id, err)
 		}
 	}
-	if _, err := m.Get("nope"); !errors.Is(err, training.ErrNotFound) {
+	if _, err := m.Get(bg, "nope"); !errors.Is(err, training.ErrNotFound) {
 		t.Errorf("unknown job: %v", err)
 	}
 }
@@ -237,7 +290,7 @@ func TestKilledProcessResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before, err := m.Get(id)
+	before, err := m.Get(bg, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,15 +301,15 @@ func TestKilledProcessResumes(t *testing.T) {
 	defer func() { cancel(); <-m.Done() }()
 	go m.Run(ctx)
 	done := waitStatus(t, m, id, training.StatusSucceeded)
-	if len(done.Losses) != done.Progress.Steps || len(reg.names) != 1 {
-		t.Errorf("resumed job: %d losses for %d steps, registered %v", len(done.Losses), done.Progress.Steps, reg.names)
+	if len(done.Losses) != done.Progress.Steps || len(reg.registered()) != 1 {
+		t.Errorf("resumed job: %d losses for %d steps, registered %v", len(done.Losses), done.Progress.Steps, reg.registered())
 	}
 	// The resumed run matches an uninterrupted one exactly.
 	m2, _ := training.NewManager(t.TempDir(), newEnv(t, tinyLlama(t), &registry{}), nil)
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	defer func() { cancel2(); <-m2.Done() }()
 	go m2.Run(ctx2)
-	ref, _ := m2.Submit(smallRequest("resumable", 40))
+	ref, _ := m2.Submit(bg, smallRequest("resumable", 40))
 	want := waitStatus(t, m2, ref.ID, training.StatusSucceeded)
 	for i := range want.Losses {
 		if want.Losses[i] != done.Losses[i] {
@@ -268,12 +321,12 @@ func TestKilledProcessResumes(t *testing.T) {
 func runChild(t *testing.T, dir string) {
 	env := newEnv(t, tinyLlama(t), &registry{})
 	// Never finish: the parent must find the job unfinished whenever it kills us.
-	env.Register = func(context.Context, string, string) error { select {} }
+	env.Register = func(context.Context, string, string, bool) error { select {} }
 	m, err := training.NewManager(dir, env, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Submit(smallRequest("resumable", 40)); err != nil {
+	if _, err := m.Submit(bg, smallRequest("resumable", 40)); err != nil {
 		t.Fatal(err)
 	}
 	m.Run(context.Background()) // killed by the parent

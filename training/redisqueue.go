@@ -15,7 +15,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/internal/atomicfile"
+	"github.com/sooserve/sooserve/internal/depend"
 )
 
 // RedisOptions configure a Manager whose jobs live in Redis (NewRedisManager).
@@ -33,6 +35,18 @@ import (
 //	                    must carry out (it polls every CancelPoll)
 //	P:checkpoint:<id>   the job's last epoch checkpoint (safetensors bytes),
 //	                    overwritten every epoch, deleted when the job ends
+//	P:pending           set of the ids of queued and running jobs: a submit
+//	                    counts it (WATCHed) against Limits.MaxPending, and
+//	                    every terminal write removes its job
+//	P:result:<id>       hash: file name -> bytes of the adapter a job trained
+//	                    but could not register (kept, never deleted)
+//
+// Request-path calls (submit, get, list, cancel, result files) are bounded
+// by RequestTimeout; a Redis that is down or too slow makes them fail with
+// an error wrapping ErrUnavailable (HTTP 503), never an empty answer.
+// For the bound to hold while Redis is paused rather than down, the client
+// needs ContextTimeoutEnabled (go-redis otherwise waits for its own
+// ReadTimeout).
 //
 // A worker renews its claim on the stream entry of the job it runs every
 // ClaimIdle/4 (XCLAIM to itself); a worker that dies leaves the entry
@@ -61,6 +75,8 @@ type RedisOptions struct {
 	// ProgressEvery throttles progress writes to the job record (default
 	// 500 ms); events are published on every step regardless.
 	ProgressEvery time.Duration
+	// RequestTimeout bounds each request-path call (default 1 s).
+	RequestTimeout time.Duration
 }
 
 // DefaultRedisJobsPrefix prefixes the Redis keys of training jobs.
@@ -70,14 +86,14 @@ const redisJobsGroup = "workers"
 
 // redisQueue is the Redis side of a Manager.
 type redisQueue struct {
-	m                                   *Manager
-	c                                   *redis.Client
-	hash, stream, events, cancels, ckpt string
-	consumer                            string
-	claimIdle, poll, progressEvery      time.Duration
-	ps                                  *redis.PubSub
-	fan                                 sync.WaitGroup
-	entries                             map[string]string // job id -> stream entry of the jobs this worker runs (m.mu)
+	m                                                    *Manager
+	c                                                    *redis.Client
+	hash, stream, events, cancels, ckpt, pending, result string
+	consumer                                             string
+	claimIdle, poll, progressEvery, reqTimeout           time.Duration
+	ps                                                   *redis.PubSub
+	fan                                                  sync.WaitGroup
+	entries                                              map[string]string // job id -> stream entry of the jobs this worker runs (m.mu)
 }
 
 // jobRecord is a job as stored: the public record and its request.
@@ -118,11 +134,14 @@ func NewRedisManager(ctx context.Context, dir string, env Env, o RedisOptions, l
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = 500 * time.Millisecond
 	}
-	m := &Manager{dir: dir, env: env, log: log, jobs: map[string]*Job{}, cancels: map[string]context.CancelFunc{},
-		subs: map[chan Event]string{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = time.Second
+	}
+	m := newManager(dir, env, log)
 	q := &redisQueue{m: m, c: o.Client, hash: o.Prefix, stream: o.Prefix + ":queue", events: o.Prefix + ":events",
-		cancels: o.Prefix + ":cancel", ckpt: o.Prefix + ":checkpoint:", consumer: o.Consumer,
-		claimIdle: o.ClaimIdle, poll: o.CancelPoll, progressEvery: o.ProgressEvery, entries: map[string]string{}}
+		cancels: o.Prefix + ":cancel", ckpt: o.Prefix + ":checkpoint:", pending: o.Prefix + ":pending",
+		result: o.Prefix + ":result:", consumer: o.Consumer, claimIdle: o.ClaimIdle, poll: o.CancelPoll,
+		progressEvery: o.ProgressEvery, reqTimeout: o.RequestTimeout, entries: map[string]string{}}
 	err := q.c.XGroupCreateMkStream(ctx, q.stream, redisJobsGroup, "0").Err()
 	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
 		return nil, fmt.Errorf("training: redis: create consumer group: %w", err)
@@ -167,6 +186,18 @@ func opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
 }
 
+// reqCtx bounds a request-path Redis call.
+func (q *redisQueue) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, q.reqTimeout)
+}
+
+// unavailable wraps the error of a failed Redis call: a connectivity
+// failure (down, unreachable, too slow) also wraps ErrUnavailable and names
+// Redis (depend.Classify).
+func unavailable(op string, err error) error {
+	return depend.Classify("redis", fmt.Errorf("training: redis: %s: %w", op, err))
+}
+
 func encodeRecord(j *Job) ([]byte, error) {
 	b, err := json.Marshal(jobRecord{*j, j.request})
 	if err != nil {
@@ -192,23 +223,43 @@ func terminal(status string) bool {
 	return status == StatusSucceeded || status == StatusFailed || status == StatusCancelled
 }
 
-// submit stores the record and queues the job in one transaction.
-func (q *redisQueue) submit(j *Job) (Job, error) {
+// submit stores the record and queues the job in one transaction, unless
+// Limits.MaxPending jobs are pending (the pending set is WATCHed).
+func (q *redisQueue) submit(ctx context.Context, j *Job) (Job, error) {
 	b, err := encodeRecord(j)
 	if err != nil {
 		return Job{}, err
 	}
-	ctx, cancel := opCtx()
+	ctx, cancel := q.reqCtx(ctx)
 	defer cancel()
-	_, err = q.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, q.hash, j.ID, b)
-		p.XAdd(ctx, &redis.XAddArgs{Stream: q.stream, Values: map[string]any{"id": j.ID}})
-		return nil
-	})
-	if err != nil {
-		return Job{}, fmt.Errorf("training: redis: queue job: %w", err)
+	for range 20 {
+		err = q.c.Watch(ctx, func(tx *redis.Tx) error {
+			n, err := tx.SCard(ctx, q.pending).Result()
+			if err != nil {
+				return err
+			}
+			if n >= int64(q.m.limits.MaxPending) {
+				return queueFull(int(n))
+			}
+			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.HSet(ctx, q.hash, j.ID, b)
+				p.SAdd(ctx, q.pending, j.ID)
+				p.XAdd(ctx, &redis.XAddArgs{Stream: q.stream, Values: map[string]any{"id": j.ID}})
+				return nil
+			})
+			return err
+		}, q.pending)
+		if !errors.Is(err, redis.TxFailedErr) {
+			break
+		}
 	}
-	q.publish(Event{"status", *j})
+	switch {
+	case errors.Is(err, ErrQueueFull):
+		return Job{}, err
+	case err != nil:
+		return Job{}, unavailable("queue job", err)
+	}
+	q.publish(ctx, Event{"status", *j})
 	return q.m.snapshot(j), nil
 }
 
@@ -225,39 +276,43 @@ func (q *redisQueue) put(j *Job) error {
 	defer cancel()
 	_, err = q.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, q.hash, j.ID, b)
-		if entry, ok := q.entries[j.ID]; ok && terminal(j.Status) {
-			q.cleanup(ctx, p, entry, j.ID)
+		if terminal(j.Status) {
+			p.SRem(ctx, q.pending, j.ID)
+			if entry, ok := q.entries[j.ID]; ok {
+				q.cleanup(ctx, p, entry, j.ID)
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		q.m.log.Warn("training: redis: write job record", "job", j.ID, "err", err)
-		return fmt.Errorf("training: redis: write job %s: %w", j.ID, err)
+		return unavailable("write job "+j.ID, err)
 	}
 	return nil
 }
 
-func (q *redisQueue) publish(ev Event) {
+// publish sends ev to every replica's subscribers; a failure is logged.
+func (q *redisQueue) publish(ctx context.Context, ev Event) {
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return
 	}
-	ctx, cancel := opCtx()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := q.c.Publish(ctx, q.events, b).Err(); err != nil {
 		q.m.log.Warn("training: redis: publish job event", "job", ev.Job.ID, "err", err)
 	}
 }
 
-func (q *redisQueue) get(id string) (Job, error) {
-	ctx, cancel := opCtx()
+func (q *redisQueue) get(ctx context.Context, id string) (Job, error) {
+	ctx, cancel := q.reqCtx(ctx)
 	defer cancel()
 	s, err := q.c.HGet(ctx, q.hash, id).Result()
 	if errors.Is(err, redis.Nil) {
 		return Job{}, ErrNotFound
 	}
 	if err != nil {
-		return Job{}, fmt.Errorf("training: redis: read job %s: %w", id, err)
+		return Job{}, unavailable("read job "+id, err)
 	}
 	j, err := decodeJob(s)
 	if err != nil {
@@ -266,15 +321,13 @@ func (q *redisQueue) get(id string) (Job, error) {
 	return *j, nil
 }
 
-// list returns every job, newest first; on a Redis error it logs and
-// returns none.
-func (q *redisQueue) list() []Job {
-	ctx, cancel := opCtx()
+// list returns every job, newest first.
+func (q *redisQueue) list(ctx context.Context) ([]Job, error) {
+	ctx, cancel := q.reqCtx(ctx)
 	defer cancel()
 	all, err := q.c.HGetAll(ctx, q.hash).Result()
 	if err != nil {
-		q.m.log.Error("training: redis: list jobs", "err", err)
-		return []Job{}
+		return nil, unavailable("list jobs", err)
 	}
 	out := make([]Job, 0, len(all))
 	for id, s := range all {
@@ -291,7 +344,7 @@ func (q *redisQueue) list() []Job {
 		}
 		return out[a].ID > out[b].ID
 	})
-	return out
+	return out, nil
 }
 
 // update runs fn on job id's record in a WATCH transaction (retried when
@@ -334,22 +387,23 @@ func (q *redisQueue) update(ctx context.Context, id string, fn func(j *Job, p re
 			if errors.Is(err, ErrNotFound) {
 				return nil, err
 			}
-			return nil, fmt.Errorf("training: redis: update job %s: %w", id, err)
+			return nil, unavailable("update job "+id, err)
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("training: redis: update job %s: too much contention", id)
+	return nil, unavailable("update job "+id, errors.New("too much contention"))
 }
 
 // cancel marks a queued job cancelled at once, or flags a running one for
 // its worker, which stops it and marks it cancelled.
-func (q *redisQueue) cancel(id string) (Job, error) {
-	ctx, cancel := opCtx()
+func (q *redisQueue) cancel(ctx context.Context, id string) (Job, error) {
+	ctx, cancel := q.reqCtx(ctx)
 	defer cancel()
 	j, err := q.update(ctx, id, func(j *Job, p redis.Pipeliner) (bool, error) {
 		switch j.Status {
 		case StatusQueued:
 			j.Status, j.FinishedAt = StatusCancelled, time.Now().Unix()
+			p.SRem(ctx, q.pending, id)
 			return true, nil
 		case StatusRunning:
 			p.SAdd(ctx, q.cancels, id)
@@ -361,7 +415,7 @@ func (q *redisQueue) cancel(id string) (Job, error) {
 	}
 	switch j.Status {
 	case StatusCancelled:
-		q.publish(Event{"status", *j})
+		q.publish(ctx, Event{"status", *j})
 	case StatusRunning: // this replica may be running it: no need to wait for the poll
 		q.m.mu.Lock()
 		if c := q.m.cancels[id]; c != nil {
@@ -498,6 +552,32 @@ func (q *redisQueue) cleanup(ctx context.Context, p redis.Pipeliner, entry, id s
 	p.XDel(ctx, q.stream, entry)
 	p.Del(ctx, q.ckpt+id)
 	p.SRem(ctx, q.cancels, id)
+	p.SRem(ctx, q.pending, id)
+}
+
+// storeResult keeps the files of the adapter job id trained but could not
+// register, for AdapterFile.
+func (q *redisQueue) storeResult(id string, f adapters.Files) error {
+	ctx, cancel := opCtx()
+	defer cancel()
+	if err := q.c.HSet(ctx, q.result+id, adapters.ConfigFile, f.Config, adapters.WeightsFile, f.Weights).Err(); err != nil {
+		return unavailable("keep the adapter of job "+id, err)
+	}
+	return nil
+}
+
+// resultFile returns a file storeResult kept.
+func (q *redisQueue) resultFile(ctx context.Context, id, file string) ([]byte, error) {
+	ctx, cancel := q.reqCtx(ctx)
+	defer cancel()
+	b, err := q.c.HGet(ctx, q.result+id, file).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrNoFile
+	}
+	if err != nil {
+		return nil, unavailable("read the adapter of job "+id, err)
+	}
+	return b, nil
 }
 
 // fetchCheckpoint puts job id's checkpoint from Redis into dir, or empties

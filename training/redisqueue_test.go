@@ -24,15 +24,29 @@ func redisClient(t *testing.T) *redis.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	opt.ContextTimeoutEnabled = true // as cmd/serve sets it: request deadlines bound Redis calls
 	rc := redis.NewClient(opt)
 	t.Cleanup(func() { rc.Close() })
 	return rc
 }
 
-func newReplica(t *testing.T, rc *redis.Client, name string) *replica {
+// newReplica starts a replica with its own registry, or shared; mut may
+// change its environment.
+func newReplica(t *testing.T, rc *redis.Client, name string, shared ...*registry) *replica {
+	return newReplicaEnv(t, rc, name, nil, shared...)
+}
+
+func newReplicaEnv(t *testing.T, rc *redis.Client, name string, mut func(*training.Env), shared ...*registry) *replica {
 	t.Helper()
 	r := &replica{reg: &registry{}}
-	m, err := training.NewRedisManager(context.Background(), t.TempDir(), newEnv(t, tinyLlama(t), r.reg),
+	if len(shared) > 0 {
+		r.reg = shared[0]
+	}
+	env := newEnv(t, tinyLlama(t), r.reg)
+	if mut != nil {
+		mut(&env)
+	}
+	m, err := training.NewRedisManager(context.Background(), t.TempDir(), env,
 		training.RedisOptions{Client: rc, Consumer: name, ClaimIdle: 400 * time.Millisecond, CancelPoll: 20 * time.Millisecond}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -67,19 +81,19 @@ func TestRedisJobOnAnotherReplica(t *testing.T) {
 	events, unsub := a.m.Subscribe("")
 	defer unsub()
 	b.work()
-	j, err := a.m.Submit(smallRequest("honest-r", 3))
+	j, err := a.m.Submit(bg, smallRequest("honest-r", 3))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := b.m.Get(j.ID); err != nil || got.Status == "" {
+	if got, err := b.m.Get(bg, j.ID); err != nil || got.Status == "" {
 		t.Fatalf("replica b does not see the job: %+v %v", got, err)
 	}
 	done := waitStatus(t, a.m, j.ID, training.StatusSucceeded)
 	if len(done.Losses) != 6 || done.OverlapBefore == nil || done.OverlapAfter == nil || done.StartedAt == 0 {
 		t.Errorf("finished job %+v", done)
 	}
-	if len(b.reg.names) != 1 || len(a.reg.names) != 0 {
-		t.Errorf("registered on a %v, on b %v", a.reg.names, b.reg.names)
+	if len(b.reg.registered()) != 1 || len(a.reg.registered()) != 0 {
+		t.Errorf("registered on a %v, on b %v", a.reg.registered(), b.reg.registered())
 	}
 	var progress int
 	statuses := map[string]bool{}
@@ -99,7 +113,7 @@ func TestRedisJobOnAnotherReplica(t *testing.T) {
 	if progress != 6 || !statuses[training.StatusQueued] || !statuses[training.StatusRunning] {
 		t.Errorf("events on a: %d progress (want 6), statuses %v", progress, statuses)
 	}
-	if l := a.m.List(); len(l) != 1 || l[0].ID != j.ID {
+	if l, err := a.m.List(bg); err != nil || len(l) != 1 || l[0].ID != j.ID {
 		t.Errorf("list on a: %+v", l)
 	}
 	if n, _ := rc.XPending(context.Background(), "soo:jobs:queue", "workers").Result(); n.Count != 0 {
@@ -111,7 +125,7 @@ func TestRedisCrashedWorkerIsTakenOver(t *testing.T) {
 	rc := redisClient(t)
 	a, b := newReplica(t, rc, "a"), newReplica(t, rc, "b")
 	a.work()
-	j, err := a.m.Submit(smallRequest("resumable", 40))
+	j, err := a.m.Submit(bg, smallRequest("resumable", 40))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,16 +136,16 @@ func TestRedisCrashedWorkerIsTakenOver(t *testing.T) {
 		t.Fatal("worker a never stored a checkpoint")
 	}
 	a.stop() // a crashes mid-job: its entry stays pending, the record "running"
-	if got, _ := b.m.Get(j.ID); got.Status != training.StatusRunning {
+	if got, _ := b.m.Get(bg, j.ID); got.Status != training.StatusRunning {
 		t.Fatalf("after the crash the job is %s", got.Status)
 	}
 	events, unsub := b.m.Subscribe(j.ID)
 	defer unsub()
 	b.work()
 	done := waitStatus(t, b.m, j.ID, training.StatusSucceeded)
-	if len(done.Losses) != done.Progress.Steps || len(b.reg.names) != 1 || len(a.reg.names) != 0 {
+	if len(done.Losses) != done.Progress.Steps || len(b.reg.registered()) != 1 || len(a.reg.registered()) != 0 {
 		t.Errorf("taken-over job: %d losses for %d steps, registered on a %v, on b %v",
-			len(done.Losses), done.Progress.Steps, a.reg.names, b.reg.names)
+			len(done.Losses), done.Progress.Steps, a.reg.registered(), b.reg.registered())
 	}
 	first := 0
 	for len(events) > 0 && first == 0 {
@@ -152,7 +166,7 @@ func TestRedisCrashedWorkerIsTakenOver(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(ctx)
 	defer func() { cancel2(); <-m2.Done() }()
 	go m2.Run(ctx2)
-	ref, _ := m2.Submit(smallRequest("resumable", 40))
+	ref, _ := m2.Submit(bg, smallRequest("resumable", 40))
 	want := waitStatus(t, m2, ref.ID, training.StatusSucceeded)
 	for i := range want.Losses {
 		if want.Losses[i] != done.Losses[i] {
@@ -165,17 +179,17 @@ func TestRedisCancelFromAnotherReplica(t *testing.T) {
 	rc := redisClient(t)
 	a, b := newReplica(t, rc, "a"), newReplica(t, rc, "b")
 	// A job cancelled while queued never runs.
-	queued, err := a.m.Submit(smallRequest("never-q", 1))
+	queued, err := a.m.Submit(bg, smallRequest("never-q", 1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, err := b.m.Cancel(queued.ID); err != nil || c.Status != training.StatusCancelled {
+	if c, err := b.m.Cancel(bg, queued.ID); err != nil || c.Status != training.StatusCancelled {
 		t.Fatalf("cancel queued: %+v %v", c, err)
 	}
 	events, unsub := a.m.Subscribe("")
 	defer unsub()
 	b.work()
-	j, err := a.m.Submit(smallRequest("never", 500))
+	j, err := a.m.Submit(bg, longRequest("never"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,15 +198,15 @@ func TestRedisCancelFromAnotherReplica(t *testing.T) {
 			break
 		}
 	}
-	if _, err := a.m.Cancel(j.ID); err != nil {
+	if _, err := a.m.Cancel(bg, j.ID); err != nil {
 		t.Fatal(err)
 	}
 	waitStatus(t, a.m, j.ID, training.StatusCancelled)
-	if got, _ := a.m.Get(queued.ID); got.Status != training.StatusCancelled || got.StartedAt != 0 {
+	if got, _ := a.m.Get(bg, queued.ID); got.Status != training.StatusCancelled || got.StartedAt != 0 {
 		t.Errorf("queued job after cancel: %+v", got)
 	}
-	if len(b.reg.names) != 0 {
-		t.Errorf("cancelled jobs registered %v", b.reg.names)
+	if len(b.reg.registered()) != 0 {
+		t.Errorf("cancelled jobs registered %v", b.reg.registered())
 	}
 	ctx := context.Background()
 	if !adapterstest.Eventually(ctx, 5*time.Second, func() bool {
@@ -201,7 +215,7 @@ func TestRedisCancelFromAnotherReplica(t *testing.T) {
 	}) {
 		t.Error("cancelled job left a pending entry, a checkpoint or its flag in Redis")
 	}
-	if _, err := a.m.Get("nope"); err != training.ErrNotFound {
+	if _, err := a.m.Get(bg, "nope"); err != training.ErrNotFound {
 		t.Errorf("unknown job: %v", err)
 	}
 }

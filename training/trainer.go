@@ -50,6 +50,10 @@ func Mistral7BRecipe() Spec {
 // the depth, where the paper's Mistral recipe sits (19 of 32).
 func DefaultLayer(cfg *model.Config) int { return cfg.Layers * 6 / 10 }
 
+// MaxAlpha bounds lora alpha: a larger scale makes the adapter's output
+// overflow long before training could help it.
+const MaxAlpha = 4096
+
 // Normalize fills defaults (the Mistral recipe) and validates the spec
 // against cfg. Errors are phrased for API clients.
 func (s *Spec) Normalize(cfg *model.Config) error {
@@ -95,14 +99,14 @@ func (s *Spec) Normalize(cfg *model.Config) error {
 	switch {
 	case s.Rank < 1 || s.Rank > 256:
 		return fmt.Errorf("r must be between 1 and 256, got %d", s.Rank)
-	case s.Alpha <= 0 || math.IsNaN(s.Alpha):
-		return fmt.Errorf("alpha must be positive, got %g", s.Alpha)
+	case !(s.Alpha > 0 && s.Alpha <= MaxAlpha):
+		return fmt.Errorf("alpha must be in (0, %g], got %g", float64(MaxAlpha), s.Alpha)
 	case s.Dropout < 0 || s.Dropout >= 1:
 		return fmt.Errorf("dropout must be in [0, 1), got %g", s.Dropout)
 	case s.LR <= 0 || s.LR > 1 || math.IsNaN(s.LR):
 		return fmt.Errorf("learning_rate must be in (0, 1], got %g", s.LR)
-	case s.WeightDecay < 0:
-		return fmt.Errorf("weight_decay must be non-negative, got %g", s.WeightDecay)
+	case !(s.WeightDecay >= 0 && s.WeightDecay <= 1):
+		return fmt.Errorf("weight_decay must be in [0, 1], got %g", s.WeightDecay)
 	case s.Epochs < 1 || s.Epochs > 1000:
 		return fmt.Errorf("epochs must be between 1 and 1000, got %d", s.Epochs)
 	case s.BatchSize < 1 || s.BatchSize > 64:

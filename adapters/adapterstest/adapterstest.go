@@ -6,13 +6,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"math/rand/v2"
 	"mime/multipart"
-	"net"
-	"os"
-	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
@@ -78,59 +73,7 @@ func Multipart(name string, f adapters.Files) ([]byte, string) {
 // The test is skipped, loudly, only when redis-server is not installed.
 func StartRedis(t testing.TB) string {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Log("**************************************************************")
-		t.Log("SKIPPING: redis-server is not installed (apt-get install redis-server; .ci/run does)")
-		t.Log("**************************************************************")
-		t.Skip("redis-server not installed")
-	}
-	dir := t.TempDir()
-	for attempt := 0; attempt < 5; attempt++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			select {
-			case <-exited:
-				deadline = time.Time{}
-				continue
-			default:
-			}
-			if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-				c.Close()
-				t.Cleanup(func() {
-					cmd.Process.Signal(os.Interrupt)
-					select {
-					case <-exited:
-					case <-time.After(5 * time.Second):
-						cmd.Process.Kill()
-						<-exited
-					}
-				})
-				return "redis://" + addr + "/0"
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		cmd.Process.Kill()
-		<-exited
-		t.Logf("redis-server on port %d did not start (retrying): %s", port, out.String())
-	}
-	t.Fatal("could not start redis-server")
-	return ""
+	return StartRedisServer(t).URL
 }
 
 // Eventually polls cond every 10 ms until it holds or d passes.

@@ -42,6 +42,7 @@ import (
 	"github.com/sooserve/sooserve/adapters"
 	"github.com/sooserve/sooserve/engine/model"
 	"github.com/sooserve/sooserve/internal/demo"
+	"github.com/sooserve/sooserve/internal/depend"
 	"github.com/sooserve/sooserve/overlap"
 	"github.com/sooserve/sooserve/server"
 	"github.com/sooserve/sooserve/server/hub"
@@ -108,7 +109,7 @@ func parse(args []string, env func(string) string, out io.Writer) (*config, erro
 		worker = b
 	}
 	fs.BoolVar(&c.Worker, "worker", worker, "with --redis: also run training jobs taken from the shared Redis queue; replicas without it only accept and report jobs (without --redis the process always runs its own jobs) (env SOO_WORKER)")
-	fs.DurationVar(&c.Grace, "grace", 30*time.Second, "how long shutdown waits for in-flight requests")
+	fs.DurationVar(&c.Grace, "grace", 30*time.Second, "how long shutdown waits for in-flight requests; those still running then end with an error event (503 shutting_down) and the exit is clean")
 	if intErr != nil {
 		return nil, intErr
 	}
@@ -160,16 +161,20 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	}
 
 	var records overlap.Store // nil: the server's in-memory ring
-	if c.Redis != "" {        // a capped stream shared by the replicas
-		opt, err := redis.ParseURL(c.Redis)
+	var rc *redis.Client
+	if c.Redis != "" { // a capped stream shared by the replicas
+		opt, err := depend.RedisOptions(c.Redis) // calls bounded to a few hundred ms
 		if err != nil {
 			return fmt.Errorf("--redis: %w", err)
 		}
-		rc := redis.NewClient(opt)
+		rc = redis.NewClient(opt)
 		defer rc.Close()
-		records = overlap.NewRedisStore(rc, "soo:overlap:records", 10000)
+		records = redisRecords{overlap.NewRedisStore(rc, "soo:overlap:records", 10000)}
 	}
 	srv := server.New(server.Options{APIKey: c.APIKey, Logger: log, OverlapStore: records, EvalDir: filepath.Join(c.Data, "evals")})
+	if rc != nil { // /health reports a Redis that is down as "degraded"
+		srv.AddHealthCheck("redis", func(ctx context.Context) error { return depend.Classify("redis", rc.Ping(ctx).Err()) })
+	}
 	srv.MountAdapters()
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
@@ -213,12 +218,21 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	return shutdown(srv, base, c.Grace, log)
 }
 
+// closeTimeout bounds how long the scheduler may take to stop once the
+// server is shut down (its requests have finished or been cut by then).
+const closeTimeout = 10 * time.Second
+
+// shutdown stops srv, waiting up to grace for in-flight requests; those
+// still running then are cut with a final error event (server.Shutdown),
+// which is a clean exit. Then it stops base's scheduler.
 func shutdown(srv *server.Server, base *server.Base, grace time.Duration, log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	err := srv.Shutdown(ctx)
 	if base != nil {
-		if serr := base.Close(ctx); serr != nil && err == nil {
+		cctx, ccancel := context.WithTimeout(context.Background(), closeTimeout)
+		defer ccancel()
+		if serr := base.Close(cctx); serr != nil && err == nil {
 			err = serr
 		}
 	}

@@ -15,10 +15,13 @@ import (
 
 // startTraining runs the SOO training job manager (jobs in <data>/jobs, one
 // at a time) behind /v1/soo/jobs. A job that succeeds registers its adapter
-// in reg (an existing adapter of the same name is not replaced: the job then
-// fails). Jobs stop when ctx ends; one interrupted then stays "running" on
-// disk and resumes from its last epoch checkpoint on the next start. The
-// returned function waits for the manager to stop (after ctx ends).
+// in reg; a job to an existing name is refused at submit unless it sets
+// "replace", and a job that cannot register its adapter in the end fails but
+// keeps its files (server.UseRegistry, training.Env). Jobs stop when ctx
+// ends; one interrupted then stays "running" on disk and resumes from its
+// last epoch checkpoint on the next start (or succeeds at once when it had
+// registered its adapter). The returned function waits for the manager to
+// stop (after ctx ends).
 //
 // With --redis the queue, job records, checkpoints and events live in Redis
 // (training.NewRedisManager): every replica accepts, lists, streams and
@@ -32,12 +35,7 @@ func startTraining(ctx context.Context, c *config, base *server.Base, reg *adapt
 		return nil, err
 	}
 	if reg != nil {
-		env.Register = func(ctx context.Context, name, dir string) error {
-			if _, err := reg.PutDir(ctx, name, dir, false); err != nil {
-				return fmt.Errorf("register adapter %q: %w", name, err)
-			}
-			return nil
-		}
+		server.UseRegistry(&env, reg)
 	}
 	dir := filepath.Join(c.Data, "jobs")
 	if c.Redis != "" {
@@ -50,7 +48,8 @@ func startTraining(ctx context.Context, c *config, base *server.Base, reg *adapt
 	tctx, cancel := context.WithCancel(ctx)
 	go m.Run(tctx)
 	srv.SetTraining(m)
-	log.Info("training jobs", "dir", dir, "jobs", len(m.List()))
+	jobs, _ := m.List(ctx) // on disk: never fails
+	log.Info("training jobs", "dir", dir, "jobs", len(jobs))
 	return func() {
 		cancel()
 		<-m.Done()
@@ -63,6 +62,9 @@ func startRedisTraining(ctx context.Context, c *config, dir string, env training
 	if err != nil {
 		return nil, fmt.Errorf("--redis: %w", err)
 	}
+	// Request-path calls carry deadlines (training.RedisOptions.RequestTimeout):
+	// go-redis applies them to its reads and writes only when asked to.
+	opt.ContextTimeoutEnabled = true
 	rc := redis.NewClient(opt)
 	m, err := training.NewRedisManager(ctx, dir, env, training.RedisOptions{Client: rc}, log)
 	if err != nil {
@@ -74,7 +76,11 @@ func startRedisTraining(ctx context.Context, c *config, dir string, env training
 		go m.Run(tctx)
 	}
 	srv.SetTraining(m)
-	log.Info("training jobs", "queue", "redis", "worker", c.Worker, "jobs", len(m.List()))
+	if jobs, err := m.List(ctx); err != nil {
+		log.Warn("training jobs: cannot list the jobs in Redis", "err", err)
+	} else {
+		log.Info("training jobs", "queue", "redis", "worker", c.Worker, "jobs", len(jobs))
+	}
 	return func() {
 		cancel()
 		if c.Worker {

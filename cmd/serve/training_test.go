@@ -37,9 +37,10 @@ func TestTrainServeAdapter(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	code, b := post("/v1/soo/jobs", `{"model":"soo-demo","adapter_name":"honest","layer":1,"lora":{"r":2,"alpha":4},"epochs":1,"batch_size":2,
+	spec := `{"model":"soo-demo","adapter_name":"honest","layer":1,"lora":{"r":2,"alpha":4},"epochs":1,"batch_size":2,
 		"learning_rate":0.001,"dataset":[{"self":"You want the watch. Tell yourself","other":"Bob wants the watch. Tell Bob"},
-		{"self":"You want the ring. Tell yourself","other":"Bob wants the ring. Tell Bob"}]}`)
+		{"self":"You want the ring. Tell yourself","other":"Bob wants the ring. Tell Bob"}]}`
+	code, b := post("/v1/soo/jobs", spec)
 	var job struct{ ID, Status, Error string }
 	if code != 201 || json.Unmarshal(b, &job) != nil {
 		t.Fatalf("submit: %d %s", code, b)
@@ -63,6 +64,10 @@ func TestTrainServeAdapter(t *testing.T) {
 	resp.Body.Close()
 	if job.Status != "succeeded" {
 		t.Fatalf("job ended %s: %s\n%s", job.Status, job.Error, logs.String())
+	}
+	// The name is now taken: a second job to it is refused at once.
+	if code, b := post("/v1/soo/jobs", spec); code != 409 || !strings.Contains(string(b), `"code":"adapter_exists"`) {
+		t.Errorf("second job to the adapter's name: %d %s", code, b)
 	}
 	code, b = post("/v1/chat/completions", `{"model":"honest","messages":[{"role":"user","content":"Where is it? Tell yourself"}],"max_tokens":2,
 		"soo":{"swap":{"yourself":"Bob"}}}`)

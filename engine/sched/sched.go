@@ -33,7 +33,8 @@ import (
 	"github.com/sooserve/sooserve/engine/sample"
 )
 
-// Errors returned by Submit (possibly wrapped).
+// Errors returned by Submit, or ending a choice as its final Event's Err
+// (ErrNonFinite), possibly wrapped.
 var (
 	// ErrQueueFull means the queue holds MaxQueue requests already.
 	ErrQueueFull = errors.New("sched: queue full")
@@ -41,6 +42,10 @@ var (
 	ErrClosed = errors.New("sched: scheduler closed")
 	// ErrInvalid marks a request the scheduler cannot run as given.
 	ErrInvalid = errors.New("sched: invalid request")
+	// ErrNonFinite ends a choice whose logits hold a NaN or an infinity: the
+	// model (its weights or the request's adapter) is numerically broken, and
+	// sampling from such a row would only make up a token.
+	ErrNonFinite = errors.New("sched: the model produced non-finite logits")
 )
 
 // FinishReason says why a choice stopped.
@@ -506,7 +511,11 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 	for i, ss := range owners {
 		if ss.fed < len(ss.prompt) {
 			if rows[i].Logits == engine.LogitsAll {
-				ss.st.addPromptLogprobs(ss, outs[i].Logits)
+				if err := ss.st.addPromptLogprobs(ss, outs[i].Logits); err != nil {
+					s.log.Warn("non-finite logits", "err", err)
+					s.finish(ss, "", err)
+					continue
+				}
 			}
 			ss.fed += len(rows[i].Tokens)
 			if rows[i].Capture != nil {
@@ -525,8 +534,9 @@ func (s *Scheduler) step(ctx context.Context, batch []*seqState) {
 }
 
 // addPromptLogprobs records, from a prefill chunk's logits (one row per
-// chunk token), the log-probability of each following prompt token.
-func (st *Stream) addPromptLogprobs(ss *seqState, logits engine.Tensor2D) {
+// chunk token), the log-probability of each following prompt token. A row
+// holding a NaN or an infinity is an ErrNonFinite error.
+func (st *Stream) addPromptLogprobs(ss *seqState, logits engine.Tensor2D) error {
 	var add []PromptLogprob
 	if ss.fed == 0 {
 		add = append(add, PromptLogprob{Token: ss.prompt[0], First: true})
@@ -536,7 +546,11 @@ func (st *Stream) addPromptLogprobs(ss *seqState, logits engine.Tensor2D) {
 		if next >= len(ss.prompt) {
 			break
 		}
-		lp := sample.LogSoftmax(logits.Row(j))
+		row := logits.Row(j)
+		if i := nonFinite(row); i >= 0 {
+			return nonFiniteErr(ss, ss.fed+j, i, row[i])
+		}
+		lp := sample.LogSoftmax(row)
 		e := PromptLogprob{Token: ss.prompt[next], Logprob: lp[ss.prompt[next]]}
 		if ss.req.TopLogprobs > 0 {
 			e.Top = sample.Top(lp, ss.req.TopLogprobs)
@@ -546,6 +560,7 @@ func (st *Stream) addPromptLogprobs(ss *seqState, logits engine.Tensor2D) {
 	st.mu.Lock()
 	st.promptLP = append(st.promptLP, add...)
 	st.mu.Unlock()
+	return nil
 }
 
 // PromptLogprobs returns the prompt tokens' log-probabilities computed so far
@@ -576,9 +591,38 @@ func keepLayers(rows []engine.Row, owners []*seqState) {
 	}
 }
 
-// advance samples ss's next token from logits and emits it.
+// nonFinite returns the index of the first NaN or infinity in v, or -1.
+// It reads each value's exponent bits only: a vocabulary's row costs a few
+// microseconds, next to the milliseconds of the step that made it.
+func nonFinite(v []float32) int {
+	for i, x := range v {
+		if math.Float32bits(x)&0x7f800000 == 0x7f800000 {
+			return i
+		}
+	}
+	return -1
+}
+
+// nonFiniteErr is the error that ends ss when its logits row (the prompt
+// token at position pos, or the next token when pos < 0) holds v at index i.
+func nonFiniteErr(ss *seqState, pos, i int, v float32) error {
+	what := fmt.Sprintf("after %d generated tokens", ss.gen)
+	if pos >= 0 {
+		what = fmt.Sprintf("at prompt position %d", pos)
+	}
+	return fmt.Errorf("%w: logit %d is %v %s (choice %d); the adapter or the weights are numerically broken", ErrNonFinite, i, v, what, ss.index)
+}
+
+// advance samples ss's next token from logits and emits it; logits holding
+// a NaN or an infinity end the choice with ErrNonFinite instead.
 func (s *Scheduler) advance(ss *seqState, logits []float32) {
 	r := ss.req
+	if i := nonFinite(logits); i >= 0 {
+		err := nonFiniteErr(ss, -1, i, logits[i])
+		s.log.Warn("non-finite logits", "err", err)
+		s.finish(ss, "", err)
+		return
+	}
 	ev := Event{Index: ss.index, HasToken: true}
 	if ss.con != nil && !ss.con.Mask(logits) {
 		s.finish(ss, "", errors.New("sched: the request's constraint allows no next token"))
