@@ -144,6 +144,8 @@ type Server struct {
 
 	paths map[string]bool // static route paths, for metrics labels
 
+	decodes chan struct{} // turns to decode a compressed body (transport.go)
+
 	soo   sooState  // overlap records and training (overlap.go, training.go)
 	evals evalState // deception evals of the server's own models (evals.go)
 
@@ -163,7 +165,7 @@ func New(opts Options) *Server {
 		opts.Version = "0.17.4"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{log: opts.Logger, metrics: opts.Metrics, opts: opts, ctx: ctx, cancel: cancel}
+	s := &Server{log: opts.Logger, metrics: opts.Metrics, opts: opts, ctx: ctx, cancel: cancel, decodes: make(chan struct{}, maxDecodes)}
 	s.app = fiber.New(fiber.Config{
 		AppName:               "sooserve",
 		BodyLimit:             opts.Limits.MaxBodyBytes,
@@ -175,6 +177,11 @@ func New(opts Options) *Server {
 		// (spooling files to disk, resetting the connection when the body is
 		// not multipart); the upload handler parses it from the body.
 		DisablePreParseMultipartForm: true,
+		// Otherwise each keep-alive connection keeps the largest body
+		// buffer it has used (up to MaxBodyBytes, a decoded gzip bomb
+		// included) until it closes: 64 idle connections held 350 MB after
+		// a soak (cmd/soo TestSoakHostile).
+		ReduceMemoryUsage: true,
 	})
 	s.app.Server().Handler = s.guard(s.app.Server().Handler)
 	s.initSOO()

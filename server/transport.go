@@ -251,6 +251,13 @@ func (c *capped) Read(p []byte) (int, error) {
 // decoded bytes and removes the header. Every layer's output is capped at
 // Limits.MaxBodyBytes, so the work is bounded by layers x limit whatever the
 // compression ratio.
+// maxDecodes bounds the compressed bodies decoded at once, and decodeWait how
+// long a request waits for a turn before a 429.
+const (
+	maxDecodes = 4
+	decodeWait = 5 * time.Second
+)
+
 func (s *Server) decodeBody(c *fiber.Ctx) error {
 	h := &c.Request().Header
 	var encs []string
@@ -282,6 +289,16 @@ func (s *Server) decodeBody(c *fiber.Ctx) error {
 	if len(raw) == 0 {
 		h.Del(fiber.HeaderContentEncoding)
 		return nil
+	}
+	// At most maxDecodes bodies decode at once: each may grow to the body
+	// limit, so the decoders' memory stays bounded however many clients send
+	// compressed bodies together; the others wait their turn, briefly.
+	select {
+	case s.decodes <- struct{}{}:
+		defer func() { <-s.decodes }()
+	case <-time.After(decodeWait):
+		return &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimit, Code: "decoder_busy",
+			Message: "too many compressed request bodies are being decoded; retry, or send the body uncompressed"}
 	}
 	raw = bytes.Clone(raw) // the body buffer is about to be reused for the output
 	limit := int64(s.opts.Limits.MaxBodyBytes)

@@ -541,3 +541,32 @@ func TestOriginCheck(t *testing.T) {
 		t.Error("sameOrigin")
 	}
 }
+
+// TestCompressedDecodesBounded: at most maxDecodes compressed bodies decode
+// at once (each may grow to the body limit); a request finding every turn
+// taken waits for one instead of adding another decoder's memory.
+func TestCompressedDecodesBounded(t *testing.T) {
+	ts := start(t, Options{}, LoadOptions{Context: 256})
+	var o bytes.Buffer
+	w := gzip.NewWriter(&o)
+	w.Write([]byte(`{"model":"soo-demo","prompt":"hi","max_tokens":1,"temperature":0}`))
+	w.Close()
+	for range maxDecodes {
+		ts.decodes <- struct{}{} // every turn taken
+	}
+	released := make(chan time.Time, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		released <- time.Now()
+		<-ts.decodes
+	}()
+	status, _, body := send(t, "POST", ts.URL+"/v1/completions", o.Bytes(),
+		"Content-Type", "application/json", "Content-Encoding", "gzip")
+	done := time.Now()
+	if status != 200 {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	if at := <-released; done.Before(at) {
+		t.Fatalf("the request decoded while every decoding turn was taken")
+	}
+}

@@ -28,6 +28,17 @@ type loadConfig struct {
 	Duration                   time.Duration
 	Temperature                float64
 	JSON                       bool
+	// Hostile > 0 makes the run a soak (soak.go): that fraction of the
+	// requests are hostile, after a warm-up of Warmup; the server's RSS may
+	// grow by at most RSSBoundMB from the end of the warm-up to the end (0:
+	// no bound).
+	Hostile    float64
+	Warmup     time.Duration
+	RSSBoundMB int
+	// rss, when set, measures the server's RSS in place of its /metrics
+	// (tests: after a forced GC); rssSource says how.
+	rss       func(context.Context) (int64, error)
+	rssSource string
 }
 
 // loadReport is what soo load measures.
@@ -45,7 +56,8 @@ type loadReport struct {
 }
 
 // runLoad is soo load: N concurrent streaming chat clients for a fixed time
-// against a server on this machine, reporting throughput and latencies.
+// against a server on this machine, reporting throughput and latencies; with
+// --hostile, a soak of valid and hostile requests (soak.go).
 func runLoad(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -60,6 +72,9 @@ func runLoad(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.MaxRequests, "max-requests", 10000, "stop after this many requests in all")
 	fs.Float64Var(&c.Temperature, "temperature", 0.7, "sampling temperature")
 	fs.BoolVar(&c.JSON, "json", false, "print the report as JSON")
+	fs.Float64Var(&c.Hostile, "hostile", 0, "soak: this fraction (0 to 1) of the requests are hostile; the rest are chat, completions and Ollama chat, streamed and not")
+	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "soak: warm-up with the same mix before the server's RSS is first read")
+	fs.IntVar(&c.RSSBoundMB, "rss-bound-mb", 0, "soak: fail when the server's RSS grows by more than this many MB from the warm-up to the end (0: report it only; it is read from /metrics without a forced GC, so short runs are noisy)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -75,9 +90,18 @@ func runLoad(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--max-tokens must be at least 1")
 	case c.MaxRequests < 1:
 		return fmt.Errorf("--max-requests must be at least 1")
+	case !(c.Hostile >= 0 && c.Hostile <= 1):
+		return fmt.Errorf("--hostile must be between 0 and 1")
+	case c.Warmup < 0 || c.Warmup > time.Hour:
+		return fmt.Errorf("--warmup must be between 0 and 1h")
+	case c.RSSBoundMB < 0:
+		return fmt.Errorf("--rss-bound-mb must not be negative")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if c.Hostile > 0 {
+		return runSoak(ctx, c, stdout)
+	}
 	rep, err := loadTest(ctx, c)
 	if err != nil {
 		return err
@@ -307,4 +331,28 @@ func streamOnce(ctx context.Context, client *http.Client, base, key string, body
 		r.err = errors.New("stream ended without [DONE]")
 	}
 	return r
+}
+
+// runSoak runs soo load --hostile and prints its report; it fails when the
+// soak found a failure, /health did not answer 200 after it, or the RSS grew
+// past the bound.
+func runSoak(ctx context.Context, c loadConfig, stdout io.Writer) error {
+	rep, err := soakTest(ctx, c)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return fmt.Errorf("load: %w", err)
+		}
+	} else {
+		printSoak(stdout, rep)
+	}
+	if !rep.OK {
+		return fmt.Errorf("load: the soak failed: %d failures, /health %d after, RSS %+.1f MB since the warm-up (bound %d MB; 0: none)",
+			rep.Failures, rep.HealthAfter, mb(rep.RSSAfterBytes-rep.RSSWarmBytes), c.RSSBoundMB)
+	}
+	return nil
 }
