@@ -16,7 +16,9 @@ import (
 // This file is the training path: a forward pass over whole sequences that
 // records what the backward pass needs (a Tape), and the backward pass that
 // turns the gradient of a loss with respect to captured activations into
-// gradients for the LoRA A and B matrices. The base weights are frozen.
+// gradients for the LoRA A and B matrices. The base weights are frozen
+// here; lmtrain.go builds full-parameter training (every weight's gradient,
+// the language-model loss) on the same pieces.
 // Each operation's backward sits next to the forward it undoes; the whole is
 // checked against finite differences and the PyTorch reference's autograd.
 //
@@ -130,6 +132,21 @@ type Tape struct {
 	sin     []float32
 	dropout float64
 	probOff [][]int // [segment][KV head] offset into layer probs
+	// pad rounds the dimensions that attention's products sum over (a
+	// block's keys, and its query rows for the key and value gradients) up
+	// to a multiple of itself, with zeros, so that the tile kernels take
+	// them whole instead of adding the last few products one by one. 1 (no
+	// padding) for LoRA training, whose results stay as they were; 8 for
+	// full-parameter training.
+	pad int
+	// slabs splits the base products by tokens instead of weight rows
+	// (see Executor.matmulSlabs): full-parameter training's batches of
+	// thousands of tokens.
+	slabs bool
+	// full, during a full-parameter backward pass (see LMLossGrad), receives
+	// the gradients of every weight; nil for LoRA training.
+	full *LMGrad
+	lm   lmScratch
 }
 
 // f32Matrix is a [rows, cols] F32 matrix header over data, without a copy,
@@ -182,9 +199,27 @@ func (e *Executor) transpose(dst, src []float32, rows, cols int) {
 	})
 }
 
-// transposeRows is transpose for src rows [r0, r1): eight rows at a time, so
-// that each store is a run of eight floats.
+// transposeRows is transpose for src rows [r0, r1): eight rows at a time,
+// in 8×8 blocks with AVX2 (transpose8AVX2) where the CPU has it, the
+// columns left over (and every column elsewhere) by transposeRowsGo.
 func transposeRows(dst, src []float32, rows, cols, r0, r1 int) {
+	if nb := cols / 8; haveAsm && nb > 0 {
+		for ; r0+8 <= r1; r0 += 8 {
+			_, _ = src[(r0+7)*cols+8*nb-1], dst[(8*nb-1)*rows+r0+7]
+			transpose8AVX2(&dst[r0], rows, &src[r0*cols], cols, nb)
+			for c := 8 * nb; c < cols; c++ {
+				for r := r0; r < r0+8; r++ {
+					dst[c*rows+r] = src[r*cols+c]
+				}
+			}
+		}
+	}
+	transposeRowsGo(dst, src, rows, cols, r0, r1)
+}
+
+// transposeRowsGo is transposeRows in Go: eight rows at a time, so that
+// each store is a run of eight floats.
+func transposeRowsGo(dst, src []float32, rows, cols, r0, r1 int) {
 	for ; r0+8 <= r1; r0 += 8 {
 		s0 := src[r0*cols : (r0+1)*cols]
 		s1 := src[(r0+1)*cols : (r0+2)*cols][:len(s0)]
@@ -227,7 +262,7 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 		ws = new(Workspace)
 	}
 	ws.next = 0
-	tp := &Tape{e: e, a: a, ws: ws, point: point, dropout: opts.Dropout, segs: []int{0}}
+	segs := []int{0}
 	var toks []int32
 	for i, s := range seqs {
 		if len(s) == 0 || len(s) > e.maxCtx {
@@ -239,41 +274,10 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 			}
 		}
 		toks = append(toks, s...)
-		tp.segs = append(tp.segs, len(toks))
+		segs = append(segs, len(toks))
 	}
-	N, d := len(toks), cfg.Hidden
-	tp.n = N
-	half := cfg.HeadDim / 2
-	tp.cos = ws.take(N * half)
-	tp.sin = ws.take(N * half)
-	for si := 0; si+1 < len(tp.segs); si++ {
-		for t := tp.segs[si]; t < tp.segs[si+1]; t++ {
-			pos := float32(t - tp.segs[si])
-			for f := 0; f < half; f++ {
-				ang := float64(pos * float32(e.invFreq[f]))
-				tp.cos[t*half+f] = float32(math.Cos(ang))
-				tp.sin[t*half+f] = float32(math.Sin(ang))
-			}
-		}
-	}
-	tp.probOff = make([][]int, len(seqs))
-	off := 0
-	for si := range seqs {
-		n := tp.segs[si+1] - tp.segs[si]
-		tp.probOff[si] = make([]int, cfg.KVHeads)
-		for kh := range cfg.KVHeads {
-			tp.probOff[si][kh] = off
-			off += n * n * (cfg.Heads / cfg.KVHeads)
-		}
-	}
-	x := ws.take(N * d)
-	for t, tok := range toks {
-		row := x[t*d : (t+1)*d]
-		e.m.Embed.RowF32(int(tok), row)
-		for k := range row {
-			row[k] *= cfg.EmbedScale
-		}
-	}
+	tp, x, off := e.beginTape(ws, toks, segs, 1)
+	tp.a, tp.point, tp.dropout = a, point, opts.Dropout
 	rng := rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5851f42d4c957f2d))
 	tp.layers = make([]layerTape, point.Layer+1)
 	for l := 0; l <= point.Layer; l++ {
@@ -293,12 +297,68 @@ func (e *Executor) ForwardTrain(ctx context.Context, a *lora.Adapter, seqs [][]i
 	default:
 		src = x
 	}
+	d := cfg.Hidden
 	acts := make([]engine.Tensor2D, len(seqs))
 	for si := range seqs {
 		lo, hi := tp.segs[si], tp.segs[si+1]
 		acts[si] = engine.Tensor2D{Rows: hi - lo, Cols: d, Data: append([]float32(nil), src[lo*d:hi*d]...)}
 	}
 	return tp, acts, nil
+}
+
+// beginTape starts a tape over toks, split into sequences at segs (token
+// offsets, from 0 to len(toks)), each starting at position 0, with
+// attention's products padded to multiples of pad (see Tape.pad): it builds
+// the RoPE tables and the offsets of each (sequence, KV head) block of
+// attention probabilities, and returns the embedded tokens [N, hidden] and
+// the length of a layer's probabilities.
+func (e *Executor) beginTape(ws *Workspace, toks []int32, segs []int, pad int) (*Tape, []float32, int) {
+	cfg := e.cfg
+	tp := &Tape{e: e, ws: ws, segs: segs, pad: pad}
+	N, d := len(toks), cfg.Hidden
+	tp.n = N
+	half := cfg.HeadDim / 2
+	tp.cos = ws.take(N * half)
+	tp.sin = ws.take(N * half)
+	// Each position's angles are computed once, for the longest sequence,
+	// and copied to its tokens.
+	longest := 0
+	for si := 0; si+1 < len(segs); si++ {
+		longest = max(longest, segs[si+1]-segs[si])
+	}
+	cosP, sinP := make([]float32, longest*half), make([]float32, longest*half)
+	for pos := range longest {
+		for f := 0; f < half; f++ {
+			ang := float64(float32(pos) * float32(e.invFreq[f]))
+			cosP[pos*half+f] = float32(math.Cos(ang))
+			sinP[pos*half+f] = float32(math.Sin(ang))
+		}
+	}
+	for si := 0; si+1 < len(tp.segs); si++ {
+		n := tp.segs[si+1] - tp.segs[si]
+		copy(tp.cos[tp.segs[si]*half:], cosP[:n*half])
+		copy(tp.sin[tp.segs[si]*half:], sinP[:n*half])
+	}
+	nseg := len(segs) - 1
+	tp.probOff = make([][]int, nseg)
+	off := 0
+	for si := range nseg {
+		n := tp.segs[si+1] - tp.segs[si]
+		tp.probOff[si] = make([]int, cfg.KVHeads)
+		for kh := range cfg.KVHeads {
+			tp.probOff[si][kh] = off
+			off += tp.padded(n) * tp.padded(n*(cfg.Heads/cfg.KVHeads))
+		}
+	}
+	x := ws.take(N * d)
+	for t, tok := range toks {
+		row := x[t*d : (t+1)*d]
+		e.m.Embed.RowF32(int(tok), row)
+		for k := range row {
+			row[k] *= cfg.EmbedScale
+		}
+	}
+	return tp, x, off
 }
 
 // normFwd applies RMSNorm per token and returns the 1/rms factors.
@@ -387,7 +447,7 @@ func (tp *Tape) projsFwd(l int, x []float32, lt *layerTape, rng *rand.Rand, ps .
 	e, N, ws := tp.e, tp.n, tp.ws
 	for _, pi := range ps {
 		lin := &e.m.Layers[l].Proj[pi.mod]
-		e.matmul(&lin.W, lin.Bias, x, N, pi.y)
+		tp.matmul(&lin.W, lin.Bias, x, N, pi.y)
 	}
 	var buf [3]loraTask
 	tasks := buf[:0]
@@ -446,13 +506,17 @@ func (tp *Tape) loraFwd(t loraTask) {
 //
 // The base products run one after another, each split over the threads;
 // the LoRA products run as one task per module, and their dx terms are
-// added in module order afterwards.
+// added in module order afterwards. During a full-parameter pass (tp.full
+// set) it also adds the projections' weight and bias gradients.
 func (tp *Tape) projsBwd(l int, dx []float32, lt *layerTape, grad *lora.Adapter, ps ...projIO) {
 	e, N, ws := tp.e, tp.n, tp.ws
 	if dx != nil {
 		for i, pi := range ps {
 			tp.matmulBwd(l, pi.mod, pi.y, dx, i > 0)
 		}
+	}
+	if tp.full != nil {
+		tp.weightGrads(l, lt, ps)
 	}
 	var buf [3]loraTask
 	tasks := buf[:0]
@@ -558,15 +622,30 @@ func (tp *Tape) loraBwd(t loraTask) {
 // memory for backward passes as fast as forward ones).
 func (tp *Tape) matmulBwd(l int, mod model.Module, dy, dx []float32, acc bool) {
 	e := tp.e
-	wt := e.wT.get(&e.m.Layers[l].Proj[mod].W, l, mod)
+	var wt *model.Matrix
+	if tp.full != nil {
+		wt = tp.weightT(&e.m.Layers[l].Proj[mod].W) // the weights change between passes
+	} else {
+		wt = e.wT.get(&e.m.Layers[l].Proj[mod].W, l, mod)
+	}
 	if !acc {
-		e.matmul(wt, nil, dy, tp.n, dx)
+		tp.matmul(wt, nil, dy, tp.n, dx)
 		return
 	}
 	tmp := tp.ws.fit(&tp.s.acc, tp.n*wt.Rows)
 	tp.s.acc = tmp
-	e.matmul(wt, nil, dy, tp.n, tmp)
+	tp.matmul(wt, nil, dy, tp.n, tmp)
 	e.addTo(dx, tmp)
+}
+
+// matmul is Executor.matmul, or Executor.matmulSlabs on a tape that
+// splits its products by tokens; both sum every element alike.
+func (tp *Tape) matmul(w *model.Matrix, bias, x []float32, n int, out []float32) {
+	if tp.slabs {
+		tp.e.matmulSlabs(w, bias, x, n, out)
+		return
+	}
+	tp.e.matmul(w, bias, x, n, out)
 }
 
 // transposeCache holds f32 transposes of weight matrices, per (layer, module).
@@ -672,9 +751,10 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 		// kept for the backward pass.
 		lt.den = ws.take(N * I)
 		e.pool.run(N*I, expGrain, func(lo, hi int) {
+			expfs(lt.den[lo:hi], lt.g[lo:hi], -1, 0)
 			for i := lo; i < hi; i++ {
 				g := lt.g[i]
-				den := 1 + expf(-g)
+				den := 1 + lt.den[i]
 				lt.den[i] = den
 				lt.a[i] = g / den * lt.up[i]
 			}
@@ -694,12 +774,22 @@ func (tp *Tape) layerForward(l int, x []float32, mlp bool, rng *rand.Rand, probL
 
 // attnScratch holds one (segment, KV head) block's attention operands, packed
 // contiguous for the tile kernels; the query heads of the group are rows
-// r = i·G + g (token i, head g of the group) of G·n-row matrices.
+// r = i·G + g (token i, head g of the group) of G·n-row matrices. With a
+// Tape's padding the key dimension is np = padded(n) and the query rows
+// mp = padded(G·n), the rows and columns past n or G·n held at zero.
 type attnScratch struct {
-	q, k, v, o      []float32 // [G·n, hd], [n, hd], [n, hd], [G·n, hd]
+	q, k, v, o      []float32 // [mp, hd], [np, hd], [np, hd], [mp, hd]
 	kT, vT, qT, doT []float32 // transposes of k, v, q, do
-	dp, ds, pT, dsT []float32 // [G·n, n] and transposes
-	dkv             []float32 // dk or dv of the block, [n, hd]
+	dp, ds, pT, dsT []float32 // [mp, np] and transposes
+	dkv             []float32 // dk or dv of the block, [np, hd]
+}
+
+// padded rounds n up to a multiple of the tape's padding.
+func (tp *Tape) padded(n int) int {
+	if tp.pad <= 1 {
+		return n
+	}
+	return (n + tp.pad - 1) / tp.pad * tp.pad
 }
 
 // attnBlock is one (segment, KV head) block: the segment's first token and
@@ -737,14 +827,14 @@ func (tp *Tape) attnBlocks(bwd bool, fn func(b attnBlock, as *attnScratch)) {
 		tp.s.attn = append(tp.s.attn, make([]attnScratch, len(blocks)-len(tp.s.attn))...)
 	}
 	for i, b := range blocks {
-		as, n := &tp.s.attn[i], b.n
-		as.q, as.k, as.v = ws.fit(&as.q, G*n*hd), ws.fit(&as.k, n*hd), ws.fit(&as.v, n*hd)
-		as.o, as.vT = ws.fit(&as.o, G*n*hd), ws.fit(&as.vT, hd*n)
+		as, np, mp := &tp.s.attn[i], tp.padded(b.n), tp.padded(G*b.n)
+		as.q, as.k, as.v = ws.fit(&as.q, mp*hd), ws.fit(&as.k, np*hd), ws.fit(&as.v, np*hd)
+		as.o, as.vT = ws.fit(&as.o, mp*hd), ws.fit(&as.vT, hd*np)
 		if bwd {
-			as.kT, as.qT, as.doT = ws.fit(&as.kT, hd*n), ws.fit(&as.qT, hd*G*n), ws.fit(&as.doT, hd*G*n)
-			as.dp, as.ds = ws.fit(&as.dp, G*n*n), ws.fit(&as.ds, G*n*n)
-			as.pT, as.dsT = ws.fit(&as.pT, n*G*n), ws.fit(&as.dsT, n*G*n)
-			as.dkv = ws.fit(&as.dkv, n*hd)
+			as.kT, as.qT, as.doT = ws.fit(&as.kT, hd*np), ws.fit(&as.qT, hd*mp), ws.fit(&as.doT, hd*mp)
+			as.dp, as.ds = ws.fit(&as.dp, mp*np), ws.fit(&as.ds, mp*np)
+			as.pT, as.dsT = ws.fit(&as.pT, np*mp), ws.fit(&as.dsT, np*mp)
+			as.dkv = ws.fit(&as.dkv, np*hd)
 		}
 	}
 	tp.e.pool.run(len(blocks), 1, func(lo, hi int) {
@@ -762,37 +852,67 @@ func attnSpan(i, window int) int {
 	return 0
 }
 
+// attnChunk is how many tokens of an attention block a product takes at a
+// time with padding (see Tape.pad): products over query tokens [i0, i1)
+// stop at key padded(i1), and those over key tokens [j0, j1) start at query
+// row G·j0, skipping the block's causally masked half. The skipped terms are
+// zeros and the chunks' bounds multiples of 8, so every sum comes out as
+// the whole block's would. Without padding a block is one chunk.
+const attnChunk = 16
+
+// chunk returns the tokens per product in a block of n tokens.
+func (tp *Tape) chunk(n int) int {
+	if tp.pad > 1 {
+		return attnChunk
+	}
+	return n
+}
+
+// mmBlock computes out[t*ldo+r] = Σ_{i<in} w[r*ldw+i]·x[t*ldx+i] for t < n
+// and r < rows on the tile kernels, in the calling goroutine (attention's
+// blocks already run in parallel); each element is summed as
+// Executor.matmul sums it.
+func (e *Executor) mmBlock(w []float32, ldw, rows int, x []float32, ldx, n, in int, out []float32, ldo int) {
+	e.ks.gemm(wmat{dt: dtF32, f32: w, ld: ldw}, nil, x, ldx, n, in, out, ldo, 0, rows, nil)
+}
+
 // attnFwd computes causal (optionally windowed, soft-capped) attention per
 // segment and KV head, recording the probabilities. Scores and the weighted
-// sums of values are products on the tile kernels over the whole n×n block;
-// the probabilities outside the causal window are zero.
+// sums of values are products on the tile kernels over the n×n block (np
+// columns with padding, in chunks, see attnChunk); the probabilities
+// outside the causal window, and in the padding, are zero.
 func (tp *Tape) attnFwd(l int, lt *layerTape) {
 	e, cfg := tp.e, tp.e.cfg
 	G, hd, qd, kvd := cfg.Heads/cfg.KVHeads, cfg.HeadDim, cfg.QDim(), cfg.KVDim()
 	window := cfg.Window(l)
 	tp.attnBlocks(false, func(b attnBlock, as *attnScratch) {
 		s0, n, kh, off := b.s0, b.n, b.kh, b.off
-		P := lt.probs[off : off+G*n*n]
+		np, mp, C := tp.padded(n), tp.padded(G*n), tp.chunk(n)
+		P := lt.probs[off : off+mp*np]
 		gatherCols(as.q, lt.q, qd, s0, n, kh*G*hd, G*hd)
 		gatherCols(as.k, lt.k, kvd, s0, n, kh*hd, hd)
-		e.matmul(f32Matrix(n, hd, as.k), nil, as.q, G*n, P) // P[r*n+j] = q[r]·k[j]
+		clear(as.k[n*hd : np*hd])
+		for i0 := 0; i0 < n; i0 += C { // P[r*np+j] = q[r]·k[j]
+			i1 := min(i0+C, n)
+			e.mmBlock(as.k, hd, min(np, tp.padded(i1)), as.q[G*i0*hd:], hd, G*(i1-i0), hd, P[G*i0*np:], np)
+		}
 		for r := 0; r < G*n; r++ {
 			i := r / G
 			jlo := attnSpan(i, window)
-			row := P[r*n : (r+1)*n]
+			row := P[r*np : (r+1)*np]
 			maxS := float32(math.Inf(-1))
 			for j := jlo; j <= i; j++ {
 				sc := row[j] * cfg.AttnScale
 				if cfg.AttnSoftcap > 0 {
 					sc = softcap(sc, cfg.AttnSoftcap)
-					lt.capped[off+r*n+j] = sc
+					lt.capped[off+r*np+j] = sc
 				}
 				row[j] = sc
 				maxS = max(maxS, sc)
 			}
+			expfs(row[jlo:i+1], row[jlo:i+1], 1, maxS)
 			var sum float32
 			for j := jlo; j <= i; j++ {
-				row[j] = expf(row[j] - maxS)
 				sum += row[j]
 			}
 			for j := jlo; j <= i; j++ {
@@ -801,9 +921,14 @@ func (tp *Tape) attnFwd(l int, lt *layerTape) {
 			clear(row[:jlo])
 			clear(row[i+1:])
 		}
+		clear(P[G*n*np:])
 		gatherCols(as.v, lt.v, kvd, s0, n, kh*hd, hd)
-		e.transpose(as.vT, as.v, n, hd)
-		e.matmul(f32Matrix(hd, n, as.vT), nil, P, G*n, as.o) // o[r*hd+c] = Σ_j P[r, j]·v[j, c]
+		clear(as.v[n*hd : np*hd])
+		e.transpose(as.vT, as.v, np, hd)
+		for i0 := 0; i0 < n; i0 += C { // o[r*hd+c] = Σ_j P[r, j]·v[j, c]
+			i1 := min(i0+C, n)
+			e.mmBlock(as.vT, np, hd, P[G*i0*np:], np, G*(i1-i0), min(np, tp.padded(i1)), as.o[G*i0*hd:], hd)
+		}
 		scatterCols(lt.att, as.o, qd, s0, n, kh*G*hd, G*hd)
 	})
 }
@@ -817,15 +942,21 @@ func (tp *Tape) attnBwd(l int, lt *layerTape, datt, dq, dk, dv []float32) {
 	window := cfg.Window(l)
 	tp.attnBlocks(true, func(b attnBlock, as *attnScratch) {
 		s0, n, kh, off := b.s0, b.n, b.kh, b.off
-		P := lt.probs[off : off+G*n*n]
+		np, mp, C := tp.padded(n), tp.padded(G*n), tp.chunk(n)
+		P := lt.probs[off : off+mp*np]
 		do := as.o
 		gatherCols(do, datt, qd, s0, n, kh*G*hd, G*hd)
+		clear(do[G*n*hd : mp*hd])
 		gatherCols(as.v, lt.v, kvd, s0, n, kh*hd, hd)
-		e.matmul(f32Matrix(n, hd, as.v), nil, do, G*n, as.dp) // dP[r*n+j] = do[r]·v[j]
+		clear(as.v[n*hd : np*hd])
+		for i0 := 0; i0 < n; i0 += C { // dP[r*np+j] = do[r]·v[j]
+			i1 := min(i0+C, n)
+			e.mmBlock(as.v, hd, min(np, tp.padded(i1)), do[G*i0*hd:], hd, G*(i1-i0), hd, as.dp[G*i0*np:], np)
+		}
 		for r := 0; r < G*n; r++ {
 			i := r / G
 			jlo := attnSpan(i, window)
-			p, dp, ds := P[r*n:(r+1)*n], as.dp[r*n:(r+1)*n], as.ds[r*n:(r+1)*n]
+			p, dp, ds := P[r*np:(r+1)*np], as.dp[r*np:(r+1)*np], as.ds[r*np:(r+1)*np]
 			var sum float32
 			for j := jlo; j <= i; j++ {
 				sum += p[j] * dp[j]
@@ -833,7 +964,7 @@ func (tp *Tape) attnBwd(l int, lt *layerTape, datt, dq, dk, dv []float32) {
 			for j := jlo; j <= i; j++ {
 				g := p[j] * (dp[j] - sum)
 				if cfg.AttnSoftcap > 0 {
-					th := lt.capped[off+r*n+j] / cfg.AttnSoftcap
+					th := lt.capped[off+r*np+j] / cfg.AttnSoftcap
 					g *= 1 - th*th
 				}
 				ds[j] = g * cfg.AttnScale
@@ -841,24 +972,91 @@ func (tp *Tape) attnBwd(l int, lt *layerTape, datt, dq, dk, dv []float32) {
 			clear(ds[:jlo])
 			clear(ds[i+1:])
 		}
-		// dV[j, c] = Σ_r P[r, j]·do[r, c]
-		e.transpose(as.doT, do, G*n, hd)
-		e.transpose(as.pT, P, G*n, n)
-		e.matmul(f32Matrix(hd, G*n, as.doT), nil, as.pT, n, as.dkv)
+		clear(as.ds[G*n*np : mp*np])
+		// dV[j, c] = Σ_r P[r, j]·do[r, c], over the rows r ≥ G·j0 of key
+		// chunk [j0, j1)
+		e.transpose(as.doT, do, mp, hd)
+		e.transpose(as.pT, P, mp, np)
+		for j0 := 0; j0 < n; j0 += C {
+			j1 := min(j0+C, n)
+			e.mmBlock(as.doT[G*j0:], mp, hd, as.pT[j0*mp+G*j0:], mp, j1-j0, mp-G*j0, as.dkv[j0*hd:], hd)
+		}
 		scatterCols(dv, as.dkv, kvd, s0, n, kh*hd, hd)
 		// dQ[r, c] = Σ_j dS[r, j]·k[j, c]
 		gatherCols(as.k, lt.k, kvd, s0, n, kh*hd, hd)
-		e.transpose(as.kT, as.k, n, hd)
+		clear(as.k[n*hd : np*hd])
+		e.transpose(as.kT, as.k, np, hd)
 		dqg := as.o // do is no longer needed
-		e.matmul(f32Matrix(hd, n, as.kT), nil, as.ds, G*n, dqg)
+		for i0 := 0; i0 < n; i0 += C {
+			i1 := min(i0+C, n)
+			e.mmBlock(as.kT, np, hd, as.ds[G*i0*np:], np, G*(i1-i0), min(np, tp.padded(i1)), dqg[G*i0*hd:], hd)
+		}
 		scatterCols(dq, dqg, qd, s0, n, kh*G*hd, G*hd)
 		// dK[j, c] = Σ_r dS[r, j]·q[r, c]
 		gatherCols(as.q, lt.q, qd, s0, n, kh*G*hd, G*hd)
-		e.transpose(as.qT, as.q, G*n, hd)
-		e.transpose(as.dsT, as.ds, G*n, n)
-		e.matmul(f32Matrix(hd, G*n, as.qT), nil, as.dsT, n, as.dkv)
+		clear(as.q[G*n*hd : mp*hd])
+		e.transpose(as.qT, as.q, mp, hd)
+		e.transpose(as.dsT, as.ds, mp, np)
+		for j0 := 0; j0 < n; j0 += C {
+			j1 := min(j0+C, n)
+			e.mmBlock(as.qT[G*j0:], mp, hd, as.dsT[j0*mp+G*j0:], mp, j1-j0, mp-G*j0, as.dkv[j0*hd:], hd)
+		}
 		scatterCols(dk, as.dkv, kvd, s0, n, kh*hd, hd)
 	})
+}
+
+// expfs sets dst[i] = expf(s·src[i] - sub) for s = ±1 (dst may be src),
+// bit for bit: eight at a time with AVX2 (expfsAVX2) where the CPU has it,
+// the rest by expfsGo.
+func expfs(dst, src []float32, s, sub float32) {
+	dst = dst[:len(src)]
+	n8 := len(src) &^ 7
+	if haveAsm && n8 > 0 {
+		expfsAVX2(&dst[0], &src[0], n8, s, sub)
+	} else {
+		n8 = 0
+	}
+	expfsGo(dst[n8:], src[n8:], s, sub)
+}
+
+// expfsGo is expfs in Go: expf's operations with its body in the loop,
+// where consecutive elements' chains of dependent operations overlap (a
+// call per element ran 1.4 times slower).
+func expfsGo(dst, src []float32, s, sub float32) {
+	const (
+		log2e = 1.44269504088896341
+		ln2hi = 0.693359375
+		ln2lo = -2.12194440e-4
+		magic = 12582912 // 1.5·2²³: adding it rounds to an integer
+	)
+	dst = dst[:len(src)]
+	for i, v := range src {
+		x := v*s - sub
+		var y float32
+		switch {
+		case x > 88:
+			y = float32(math.Inf(1))
+		case !(x >= -87.3): // also NaN
+			if x != x {
+				y = x
+			}
+		default:
+			t := float32(x*log2e) + magic
+			k := int32(math.Float32bits(t) - math.Float32bits(magic))
+			fk := float32(t - magic)
+			r := float32(x - float32(fk*ln2hi))
+			r = float32(r - float32(fk*ln2lo))
+			p := float32(1.9875691500e-4)
+			p = float32(p*r) + 1.3981999507e-3
+			p = float32(p*r) + 8.3334519073e-3
+			p = float32(p*r) + 4.1665795894e-2
+			p = float32(p*r) + 1.6666665459e-1
+			p = float32(p*r) + 5.0000001201e-1
+			e := float32(float32(p*float32(r*r))+r) + 1
+			y = math.Float32frombits(uint32(int32(math.Float32bits(e)) + k<<23))
+		}
+		dst[i] = y
+	}
 }
 
 // ropeBwd applies the inverse rotation to a gradient (in place).
@@ -973,6 +1171,9 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 			clear(ddn)
 		case L.MLPPostNorm != nil:
 			tp.normBwd(ddn, dOut, lt.dn, L.MLPPostNorm, lt.rMP, false)
+			if tp.full != nil {
+				tp.normWeightGrad(tp.full.Layers[l].MLPPostNorm, dOut, lt.dn, lt.rMP)
+			}
 		default:
 			copy(ddn, dOut)
 		}
@@ -995,12 +1196,18 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 			}
 		})
 		tp.projsBwd(l, b.dxn2, lt, grad, projIO{model.Gate, dg}, projIO{model.Up, dup})
+		if tp.full != nil {
+			tp.normWeightGrad(tp.full.Layers[l].MLPNorm, b.dxn2, lt.h, lt.r2)
+		}
 		tp.normBwd(dh, b.dxn2, lt.h, L.MLPNorm, lt.r2, true)
 	}
 	do := dh // read-only below, until normBwd updates dh after the last use
 	if L.AttnPostNorm != nil {
 		do = b.do
 		tp.normBwd(do, dh, lt.o, L.AttnPostNorm, lt.rAP, false)
+		if tp.full != nil {
+			tp.normWeightGrad(tp.full.Layers[l].AttnPostNorm, dh, lt.o, lt.rAP)
+		}
 	}
 	if site == engine.AttnOut {
 		if L.AttnPostNorm == nil {
@@ -1022,6 +1229,9 @@ func (tp *Tape) layerBackward(l int, dOut, inject []float32, site engine.Site, g
 	tp.rope(dq, dk, true)
 	tp.projsBwd(l, dxn1, lt, grad, projIO{model.Q, dq}, projIO{model.K, dk}, projIO{model.V, dv})
 	if needIn {
+		if tp.full != nil {
+			tp.normWeightGrad(tp.full.Layers[l].AttnNorm, dxn1, lt.x, lt.r1)
+		}
 		tp.normBwd(dh, dxn1, lt.x, L.AttnNorm, lt.r1, true)
 	}
 }
