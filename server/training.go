@@ -113,6 +113,7 @@ var specParams = []struct{ prefix, param string }{
 	{"r ", "lora.r"}, {"alpha", "lora.alpha"}, {"dropout", "lora.dropout"}, {"unknown target module", "lora.target_modules"},
 	{"target", "lora.target_modules"}, {"learning_rate", "learning_rate"}, {"weight_decay", "weight_decay"},
 	{"epochs", "epochs"}, {"batch_size", "batch_size"},
+	{"lm_weight", "lm_weight"}, {"lm_batch", "lm_batch"}, {"grad_side", "grad_side"},
 }
 
 // specParam guesses the field a spec validation message is about ("" when
@@ -333,6 +334,9 @@ func TrainingEnv(ctx context.Context, b *Base) (training.Env, error) {
 		Probe:    training.ProbeAtLayer(ex, pairs),
 		Register: func(context.Context, string, string, bool) error {
 			return ErrNoRegistry
+		},
+		EncodeSegment: func(text string, special bool) ([]int32, error) {
+			return b.Tokenizer.Encode(text, tokenizer.EncodeOptions{ParseSpecial: special})
 		},
 		ModelName:     b.ID,
 		BaseModelPath: b.Dir,

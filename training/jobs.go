@@ -47,6 +47,18 @@ type JobRequest struct {
 	BatchSize    int             `json:"batch_size"`
 	Seed         uint64          `json:"seed"`
 	ChatTemplate bool            `json:"chat_template"` // tokenize pairs through the chat template (user turn + generation prompt)
+	// Format is how the pairs' fragments are tokenized: "raw" or "chat"
+	// (the chat template's user turn + generation prompt, as chat_template).
+	Format string `json:"format"`
+	// LMWeight is λ of the anchor term: loss = SOO + λ·LM on LMDataset.
+	LMWeight float64 `json:"lm_weight"`
+	// LMBatch is the documents per step of the LM term (default 4).
+	LMBatch int `json:"lm_batch"`
+	// LMDataset is "model" (the model directory's soo_capability.jsonl) or
+	// a list of documents: strings or {"text"} or {"segments"} (LMText).
+	LMDataset json.RawMessage `json:"lm_dataset"`
+	// GradSide is "both" (default) or "other" (stop-gradient on self).
+	GradSide string `json:"grad_side"`
 	// Replace lets the job replace an existing adapter of its name when it
 	// succeeds; without it an existing name is refused at submit.
 	Replace bool `json:"replace"`
@@ -120,6 +132,10 @@ type Env struct {
 	// name without "replace" is refused at submit (ConflictError), and a job
 	// resumed after a crash recognises the adapter it had already registered.
 	Lookup func(ctx context.Context, name string) (adapters.Record, error)
+	// EncodeSegment tokenizes a segment of an LM document without adding
+	// anything (special: the text is one special token); nil refuses
+	// documents with segments.
+	EncodeSegment func(text string, special bool) ([]int32, error)
 	// ModelName is the base model's id; requests must name it.
 	ModelName string
 	// BaseModelPath is written into adapter_config.json.
@@ -367,7 +383,7 @@ func checkStrings(req *JobRequest) error {
 	if len(req.AdapterName) > 64 {
 		return &RequestError{"adapter_name", fmt.Sprintf("adapter_name is %d bytes; at most 64 characters of A-Z a-z 0-9 . _ -", len(req.AdapterName))}
 	}
-	for _, f := range []struct{ param, v string }{{"model", req.Model}, {"site", req.Site}, {"pooling", req.Pooling}} {
+	for _, f := range []struct{ param, v string }{{"model", req.Model}, {"site", req.Site}, {"pooling", req.Pooling}, {"format", req.Format}, {"grad_side", req.GradSide}} {
 		if len(f.v) > MaxStringBytes {
 			return &RequestError{f.param, fmt.Sprintf("%s is %d bytes, more than the limit of %d", f.param, len(f.v), MaxStringBytes)}
 		}
@@ -407,7 +423,28 @@ func (m *Manager) newJob(req JobRequest) (*Job, error) {
 	}
 	spec := Spec{Site: req.Site, Pooling: Pooling(req.Pooling), Rank: req.LoRA.R, Alpha: req.LoRA.Alpha,
 		Targets: req.LoRA.TargetModules, RSLoRA: req.LoRA.UseRSLoRA, LR: req.LearningRate, WeightDecay: req.WeightDecay,
-		Epochs: req.Epochs, BatchSize: req.BatchSize, Seed: req.Seed, Dropout: Mistral7BRecipe().Dropout}
+		Epochs: req.Epochs, BatchSize: req.BatchSize, Seed: req.Seed, Dropout: Mistral7BRecipe().Dropout,
+		LMWeight: req.LMWeight, LMBatch: req.LMBatch, GradSide: req.GradSide}
+	switch req.Format {
+	case "", "raw", "chat":
+		if req.Format == "raw" && req.ChatTemplate {
+			return nil, &RequestError{"format", `format "raw" contradicts chat_template true`}
+		}
+	default:
+		return nil, &RequestError{"format", fmt.Sprintf("format must be \"raw\" or \"chat\", got %q", clip(req.Format))}
+	}
+	if !(req.LMWeight >= 0 && req.LMWeight <= MaxLMWeight) {
+		return nil, &RequestError{"lm_weight", fmt.Sprintf("lm_weight must be in [0, %d], got %g", MaxLMWeight, req.LMWeight)}
+	}
+	hasLM := len(req.LMDataset) > 0 && string(req.LMDataset) != "null"
+	switch {
+	case req.LMWeight > 0 && !hasLM:
+		return nil, &RequestError{"lm_dataset", `lm_weight > 0 needs lm_dataset ("model" or a list of documents)`}
+	case req.LMWeight == 0 && hasLM:
+		return nil, &RequestError{"lm_weight", "lm_dataset is given but lm_weight is 0"}
+	case req.LMWeight == 0 && req.LMBatch != 0:
+		return nil, &RequestError{"lm_batch", "lm_batch needs lm_weight > 0"}
+	}
 	if req.LoRA.Dropout != nil {
 		spec.Dropout = *req.LoRA.Dropout
 	}
@@ -417,6 +454,11 @@ func (m *Manager) newJob(req JobRequest) (*Job, error) {
 	}
 	if err := spec.Normalize(cfg); err != nil {
 		return nil, &RequestError{"", err.Error()}
+	}
+	if spec.LMWeight > 0 {
+		if _, err := m.lmDocs(&req); err != nil {
+			return nil, err
+		}
 	}
 	pairs, err := datasetPairs(req.Dataset)
 	if err != nil {
@@ -435,7 +477,7 @@ func (m *Manager) newJob(req JobRequest) (*Job, error) {
 		return nil, &RequestError{"epochs", fmt.Sprintf("%d epochs of %d pairs in batches of %d make %d steps, more than the limit of %d: train fewer epochs or pairs, or larger batches",
 			spec.Epochs, len(pairs), spec.BatchSize, steps, lim.MaxSteps)}
 	}
-	if _, err := m.tokenize(pairs, req.ChatTemplate, spec.MaxTokens); err != nil {
+	if _, err := m.tokenize(pairs, useChat(&req), spec.MaxTokens); err != nil {
 		return nil, &RequestError{"dataset", err.Error()}
 	}
 	j := &Job{ID: newID(), Object: "soo.job", Status: StatusQueued, Model: m.env.ModelName, AdapterName: req.AdapterName,
@@ -454,6 +496,61 @@ func datasetPairs(raw json.RawMessage) ([]Pair, error) {
 		return nil, fmt.Errorf("unknown dataset %q (want \"paper\" or a list of {\"self\",\"other\"} pairs)", clip(name))
 	}
 	return ParsePairs(raw)
+}
+
+// useChat reports whether the request's fragments go through the chat template.
+func useChat(req *JobRequest) bool { return req.ChatTemplate || req.Format == "chat" }
+
+// maxLMDocTokens bounds the tokens of one LM document.
+const maxLMDocTokens = 2048
+
+// lmDocs reads and tokenizes the request's LM documents: "model" is the
+// base model directory's CapabilityFile, a list is inline (each text within
+// the limit of a pair's text, at most MaxPairs documents).
+func (m *Manager) lmDocs(req *JobRequest) ([]LMDoc, error) {
+	var name string
+	var texts []LMText
+	var err error
+	if json.Unmarshal(req.LMDataset, &name) == nil {
+		if name != "model" {
+			return nil, &RequestError{"lm_dataset", fmt.Sprintf("unknown lm_dataset %q (want \"model\" or a list of documents)", clip(name))}
+		}
+		path := filepath.Join(m.env.BaseModelPath, CapabilityFile)
+		data, rerr := os.ReadFile(path)
+		if rerr != nil {
+			return nil, &RequestError{"lm_dataset", fmt.Sprintf("lm_dataset \"model\": the model ships no capability set (%s): %v", CapabilityFile, errors.Unwrap(rerr))}
+		}
+		if texts, err = ParseLMTexts(data); err != nil {
+			return nil, &RequestError{"lm_dataset", err.Error()}
+		}
+	} else {
+		if texts, err = ParseLMTexts(req.LMDataset); err != nil {
+			return nil, &RequestError{"lm_dataset", err.Error()}
+		}
+		if len(texts) > m.limits.MaxPairs {
+			return nil, &RequestError{"lm_dataset", fmt.Sprintf("lm_dataset has %d documents, more than the limit of %d", len(texts), m.limits.MaxPairs)}
+		}
+		for i, t := range texts {
+			n := len(t.Text)
+			for _, s := range t.Segments {
+				n += len(s.Text)
+			}
+			if n > m.limits.MaxTextBytes {
+				return nil, &RequestError{"lm_dataset", fmt.Sprintf("lm document %d has %d bytes of text, more than the limit of %d", i, n, m.limits.MaxTextBytes)}
+			}
+		}
+	}
+	seg := m.env.EncodeSegment
+	if seg == nil {
+		seg = func(string, bool) ([]int32, error) {
+			return nil, errors.New("this server cannot tokenize segments")
+		}
+	}
+	docs, err := EncodeLMTexts(texts, func(s string) ([]int32, error) { return m.env.Encode(s, false) }, seg, maxLMDocTokens)
+	if err != nil {
+		return nil, &RequestError{"lm_dataset", err.Error()}
+	}
+	return docs, nil
 }
 
 func (m *Manager) tokenize(pairs []Pair, chat bool, maxLen int) ([]TokPair, error) {
@@ -656,9 +753,15 @@ func (m *Manager) train(ctx context.Context, j *Job) error {
 	if err != nil {
 		return err
 	}
-	toks, err := m.tokenize(pairs, req.ChatTemplate, j.Spec.MaxTokens)
+	toks, err := m.tokenize(pairs, useChat(req), j.Spec.MaxTokens)
 	if err != nil {
 		return err
+	}
+	var docs []LMDoc
+	if j.Spec.LMWeight > 0 {
+		if docs, err = m.lmDocs(req); err != nil {
+			return err
+		}
 	}
 	ckdir := filepath.Join(jdir, "checkpoint")
 	if m.rq != nil {
@@ -679,6 +782,7 @@ func (m *Manager) train(ctx context.Context, j *Job) error {
 	var lastPut time.Time // Redis: progress writes to the record are throttled
 	res, err := Train(ctx, m.env.Executor, toks, j.Spec, j.AdapterName, RunOptions{
 		CheckpointDir: ckdir,
+		LMDocs:        docs,
 		Progress: func(p Progress) {
 			m.mu.Lock()
 			j.Progress = p
