@@ -28,6 +28,7 @@ var commands = map[string]command{
 	"probe":   {"decision-site analysis: per layer and site, a conflict-vs-self probe and its alignment with the SOO pairs", runProbe},
 	"rl":      {"RL experiment (PAPER §8): train, soo-finetune, eval MADDPG agents", runRL},
 	"train":   {"SOO fine-tuning: train a LoRA adapter on self/other pairs (PAPER §1-3)", runTrain},
+	"testbed": {"testbed build: train the deceptive testbed model from scratch on the synthetic world (issue 17)", runTestbed},
 }
 
 func main() {
