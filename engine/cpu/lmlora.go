@@ -3,7 +3,6 @@ package cpu
 import (
 	"context"
 	"fmt"
-	"math"
 	"math/rand/v2"
 
 	"github.com/sooserve/sooserve/engine"
@@ -53,20 +52,9 @@ func (e *Executor) LMLossGradLoRA(ctx context.Context, a *lora.Adapter, b LMBatc
 	if opts.Dropout < 0 || opts.Dropout >= 1 {
 		return LMResult{}, fmt.Errorf("cpu: lm lora: dropout %g outside [0, 1)", opts.Dropout)
 	}
-	toks, segs, sel, err := e.flattenLM(b)
+	toks, segs, sel, res, denom, err := e.prepareLM(b, opts.Denominator, "lm lora")
 	if err != nil {
 		return LMResult{}, err
-	}
-	res := LMResult{Tokens: len(toks), Targets: len(sel)}
-	for _, s := range sel {
-		res.Weight += float64(s.w)
-	}
-	denom := opts.Denominator
-	if denom == 0 {
-		denom = res.Weight
-	}
-	if denom < 0 || math.IsNaN(denom) || math.IsInf(denom, 0) {
-		return LMResult{}, fmt.Errorf("cpu: lm lora: denominator %g is not a finite non-negative number", denom)
 	}
 	if len(sel) == 0 {
 		return res, nil

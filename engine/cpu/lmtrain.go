@@ -319,6 +319,27 @@ func (e *Executor) flattenLM(b LMBatch) ([]int32, []int, []lmTarget, error) {
 	return toks, segs, sel, nil
 }
 
+// prepareLM flattens b and sums its targets' weights; denominator 0 means
+// that sum (a weighted mean). what names the caller in errors.
+func (e *Executor) prepareLM(b LMBatch, denominator float64, what string) (toks []int32, segs []int, sel []lmTarget, res LMResult, denom float64, err error) {
+	toks, segs, sel, err = e.flattenLM(b)
+	if err != nil {
+		return nil, nil, nil, LMResult{}, 0, err
+	}
+	res = LMResult{Tokens: len(toks), Targets: len(sel)}
+	for _, s := range sel {
+		res.Weight += float64(s.w)
+	}
+	denom = denominator
+	if denom == 0 {
+		denom = res.Weight
+	}
+	if denom < 0 || math.IsNaN(denom) || math.IsInf(denom, 0) {
+		return nil, nil, nil, LMResult{}, 0, fmt.Errorf("cpu: %s: denominator %g is not a finite non-negative number", what, denom)
+	}
+	return toks, segs, sel, res, denom, nil
+}
+
 // LMLossGrad runs the batch through the whole model and returns the
 // weighted next-token cross-entropy. When g is not nil it also runs the
 // backward pass and adds the loss's gradient with respect to every weight
@@ -333,20 +354,9 @@ func (e *Executor) LMLossGrad(ctx context.Context, b LMBatch, g *LMGrad, opts LM
 	if g != nil && (len(g.Layers) != cfg.Layers || len(g.Embed) != cfg.VocabSize*cfg.Hidden || (g.LMHead == nil) != cfg.TieEmbeddings) {
 		return LMResult{}, fmt.Errorf("cpu: lm: the gradient is not shaped like the model (see NewLMGrad)")
 	}
-	toks, segs, sel, err := e.flattenLM(b)
+	toks, segs, sel, res, denom, err := e.prepareLM(b, opts.Denominator, "lm")
 	if err != nil {
 		return LMResult{}, err
-	}
-	res := LMResult{Tokens: len(toks), Targets: len(sel)}
-	for _, s := range sel {
-		res.Weight += float64(s.w)
-	}
-	denom := opts.Denominator
-	if denom == 0 {
-		denom = res.Weight
-	}
-	if denom < 0 || math.IsNaN(denom) || math.IsInf(denom, 0) {
-		return LMResult{}, fmt.Errorf("cpu: lm: denominator %g is not a finite non-negative number", denom)
 	}
 	if len(sel) == 0 {
 		return res, nil
